@@ -22,10 +22,11 @@ class SplitConfig:
     eval_radius_m: float = C.EVAL_TRUE_NEIGHBOUR_RADIUS_M
     test_squares: list = dataclasses.field(default_factory=lambda: [list(p) for p in C.TEST_SQUARES])
     test_square_half_width_m: float = C.TEST_SQUARE_HALF_WIDTH
-    #: Runs whose 10overlap submaps build training tuples: ``all``, ``upstream`` (``sorted(runs)[:-1]``, as
+    #: Runs whose 10overlap submaps build training tuples: ``all``, ``all_but_last`` (``sorted(runs)[:-1]``, as
     #: PointNetVLAD) or an explicit list.
     training_runs: object = "all"
-    #: Runs forming the evaluation sets: ``all`` or an explicit list (Oxford: the 23 PointNetVLAD test runs).
+    #: Runs forming the evaluation sets: ``all``, ``pointnetvlad`` (the 23 test runs, by index into the 45 sorted
+    #: Oxford runs) or an explicit list.
     test_runs: object = "all"
     #: Validation carved from the training area: square cells of ``val_cell_m`` metres; a seeded ``val_fraction``
     #: of the cells holding training locations become validation; 0 reproduces the upstream training pickle.
@@ -44,16 +45,24 @@ def in_test_squares(northing, easting, squares, half_width: float) -> np.ndarray
 
 
 def select_runs(runs: list[str], rule) -> list[str]:
+    """Apply a run-selection rule (see :class:`SplitConfig`) to the processed runs."""
+    from preprocessing.errors import InputError
+
     runs = sorted(runs)
     if rule == "all" or rule is None:
         return runs
-    if rule == "upstream":
+    if rule == "all_but_last":
         return runs[:-1]
+    if rule == "pointnetvlad":
+        if len(runs) <= max(C.PNV_TEST_RUN_INDICES):
+            raise InputError(f"test_runs=pointnetvlad indexes the 45 sorted Oxford runs, but only {len(runs)} runs "
+                             f"were processed; use test_runs=all or list the runs")
+        return [runs[i] for i in C.PNV_TEST_RUN_INDICES]
+    if isinstance(rule, str):
+        raise InputError(f"unknown run-selection rule {rule!r}; use all, all_but_last, pointnetvlad or a list")
     wanted = [str(r) for r in rule]
     missing = sorted(set(wanted) - set(runs))
     if missing:
-        from preprocessing.errors import InputError
-
         raise InputError(f"runs {missing} named in the split config are not among the processed runs")
     return [r for r in runs if r in set(wanted)]
 

@@ -68,3 +68,6 @@ TRAIN_LOCATIONS_CSV = "pointcloud_locations_20m_10overlap.csv"
 POSITIVE_RADIUS_M = 10.0
 NON_NEGATIVE_RADIUS_M = 50.0
 EVAL_TRUE_NEIGHBOUR_RADIUS_M = 25.0
+
+#: ``generate_test_sets.py``: the 23 Oxford test runs are these indices of ``sorted(listdir(oxford))`` (45 runs).
+PNV_TEST_RUN_INDICES = (5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 22, 24, 31, 32, 33, 38, 39, 43, 44)
