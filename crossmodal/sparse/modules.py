@@ -1,0 +1,122 @@
+"""Sparse layers. Parameter names and shapes follow MinkowskiEngine (``kernel`` ``[kernel_volume, in, out]``,
+batch norm under ``bn``), so the same weights run on both backends and ME checkpoints map onto them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .functional import generalized_mean, segment_max, segment_mean
+from .tensor import SparseTensor
+
+
+class _SparseConvBase(nn.Module):
+    """Shared parameters of the cubic sparse convolutions (dilation 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool,
+                 transposed: bool):
+        super().__init__()
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size} and {stride}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.kernel = nn.Parameter(torch.empty(kernel_size ** 3, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._transposed = transposed
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MinkowskiEngine's default: uniform(±1/sqrt(fan)), fan = channels on the input side × kernel volume."""
+        fan = (self.out_channels if self._transposed else self.in_channels) * self.kernel.shape[0]
+        bound = 1.0 / math.sqrt(fan)
+        nn.init.uniform_(self.kernel, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _add_bias(self, x: SparseTensor) -> SparseTensor:
+        return x if self.bias is None else x.replace(x.feats + self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"bias={self.bias is not None}")
+
+
+class SparseConv3d(_SparseConvBase):
+    """Sparse 3-D convolution. Stride 1 keeps the coordinates; stride ``2**n`` outputs the unique
+    ``floor(c / (s_in * stride)) * (s_in * stride)`` (MinkowskiEngine's strided coordinates). Output ``o`` reads
+    input ``o + offset[k] * s_in`` with ``kernel[k]``, offsets in ME's order (see ``coords.kernel_offsets``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=False)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if x.num_channels != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.num_channels}")
+        return self._add_bias(x.backend.conv(x, self.kernel, self.kernel_size, self.stride))
+
+
+class SparseConvTranspose3d(_SparseConvBase):
+    """Transposed sparse convolution onto the coordinates of a finer tensor (MinkowskiEngine's
+    ``MinkowskiConvolutionTranspose`` with ``generative=False``): ``forward(x, target)`` returns features on
+    ``target``'s coordinates; ``target.stride * stride`` must equal ``x.stride``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=True)
+
+    def forward(self, x: SparseTensor, target: SparseTensor) -> SparseTensor:
+        if x.num_channels != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.num_channels}")
+        if x.backend is not target.backend:
+            raise ValueError("the target tensor must come from the same batch (backend instance) as the input")
+        if target.stride * self.stride != x.stride:
+            raise ValueError(f"target stride {target.stride} x {self.stride} != input stride {x.stride}")
+        return self._add_bias(x.backend.conv_transpose(x, self.kernel, self.kernel_size, target))
+
+
+class SparseBatchNorm(nn.Module):
+    """Batch norm over the points' features (``bn`` is a ``BatchNorm1d``, as in ME's ``MinkowskiBatchNorm``)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return x.replace(self.bn(x.feats))
+
+
+class SparseReLU(nn.Module):
+    """ReLU of the features."""
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return x.replace(torch.relu(x.feats))
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over each batch item's points → ``[B, C]``, rows sorted by batch index."""
+
+    def forward(self, x: SparseTensor) -> Tensor:
+        return segment_mean(x.feats, *x.batch_rows())
+
+
+class GlobalMaxPool(nn.Module):
+    """Channel-wise maximum over each batch item's points → ``[B, C]``, rows sorted by batch index."""
+
+    def forward(self, x: SparseTensor) -> Tensor:
+        return segment_max(x.feats, *x.batch_rows())
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with learnable ``p`` → ``[B, C]``, rows sorted by batch index."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x: SparseTensor) -> Tensor:
+        return generalized_mean(x.feats, *x.batch_rows(), self.p, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():.4f}, eps={self.eps}"
