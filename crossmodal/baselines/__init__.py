@@ -1,0 +1,1 @@
+"""Training-free descriptors: sanity baselines for a dataset's difficulty per modality."""

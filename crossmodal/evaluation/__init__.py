@@ -1,0 +1,1 @@
+"""Place-recognition evaluation (the PointNetVLAD protocol)."""

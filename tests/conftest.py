@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny synthetic RobotCar generated once per session, and copies to damage."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+#: Two runs along a 170 m street that crosses the southern edge of the P3 test square (northing 5735087.4), so
+#: both training and test submaps exist; small frames keep it to a few seconds.
+TINY = dict(seed=0, town_seed=0, num_runs=2, route=[[5735010.0, 620540.0], [5735180.0, 620540.0]], camera_hz=2.0,
+            image_width=96, image_height=72, render_scale=1.0)
+
+
+def tiny_splits():
+    """Validation cells small enough that the tiny street has training and validation rows."""
+    from preprocessing.splits import SplitConfig
+
+    return SplitConfig(val_cell_m=30.0, val_fraction=0.3)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from preprocessing.synthetic import SyntheticConfig
+    from preprocessing.synthetic.config import PRESETS
+
+    return SyntheticConfig(**{**PRESETS["quick"], **TINY})
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory, tiny_config):
+    """Raw layout of the tiny synthetic RobotCar (read-only for tests: copy it with ``raw_copy`` to damage it)."""
+    from preprocessing.synthetic import generate_synthetic_robotcar
+
+    root = tmp_path_factory.mktemp("tiny_raw")
+    generate_synthetic_robotcar(root, tiny_config, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_processed(tmp_path_factory, tiny_raw):
+    """The tiny RobotCar preprocessed once (``(raw_root, output_dir, report)``); do not modify."""
+    from preprocessing.pipeline import Sources, preprocess
+
+    out = tmp_path_factory.mktemp("tiny_out")
+    report = preprocess(Sources(raw_root=str(tiny_raw)), out, splits=tiny_splits(), workers=1, progress=False)
+    return tiny_raw, out, report
+
+
+@pytest.fixture
+def raw_copy(tmp_path, tiny_raw):
+    dst = tmp_path / "raw"
+    shutil.copytree(tiny_raw, dst)
+    return dst

@@ -1,0 +1,58 @@
+"""Every option of every config group composes under each primary config that uses the group, and every
+``_target_`` node in it instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRIMARY = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def _groups_of(primary: str) -> dict[str, str]:
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(primary, return_hydra_config=True, overrides=["data_dir=/nonexistent"])
+    return {g: o for g, o in cfg.hydra.runtime.choices.items() if not g.startswith("hydra") and o is not None}
+
+
+def _cases():
+    for primary in PRIMARY:
+        for group in _groups_of(primary):
+            for option in sorted((CONFIGS / group).glob("*.yaml")):
+                yield primary, group, option.stem
+
+
+def _instantiate_targets(node) -> int:
+    """Instantiate every sub-node with a ``_target_``; returns how many were built."""
+    if OmegaConf.is_dict(node):
+        if "_target_" in node:
+            instantiate(node)
+            return 1
+        return sum(_instantiate_targets(node[k]) for k in node)
+    return 0
+
+
+def test_there_are_primary_configs():
+    assert "preprocess" in PRIMARY
+
+
+@pytest.mark.parametrize("primary", PRIMARY)
+def test_primary_config_composes(primary, tmp_path):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(primary, overrides=[f"data_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    assert _instantiate_targets(cfg) >= 1
+
+
+@pytest.mark.parametrize("primary,group,option", list(_cases()))
+def test_every_group_option_composes(primary, group, option, tmp_path):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(primary, overrides=[f"{group}={option}", f"data_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert _instantiate_targets(node) >= 1, f"{group}={option} has no _target_ node"
