@@ -311,6 +311,8 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
                                  "`source.image_root` at a folder holding lidar2image_ndx.pickle")
             pairs = _pair_and_convert(raw_root, runs, all_submaps, image_root, pairing, sources, executor, skips,
                                       report, progress)
+        report.pairs = sum(bool(pairs.get((r, int(t))) and pairs[(r, int(t))].image_ts)
+                           for loc in (train_loc, eval_loc) for r, t in zip(loc["run"], loc["timestamp"]))
         report.timings_s["images"] = time.perf_counter() - t0
 
         # 3. splits, pickles, manifest
@@ -405,7 +407,6 @@ def _pair_and_convert(raw_root: Path, runs: list[str], submaps: list[tuple[str, 
                                     "reason": reason})
     index = {np.int64(ts): [np.int64(t) for t in res.image_ts] for (run, ts), res in pairs.items() if res.image_ts}
     write_pickle(image_root / LIDAR2IMAGE, index)
-    report.pairs = len(index)
     return pairs
 
 
@@ -438,24 +439,26 @@ def _write_splits(bench: Path, image_root: Path, out: Path, train_loc: pd.DataFr
     table["tuple_id"] = -1
     table["is_query"] = False
     empty = np.zeros(0, np.int64)
-    table["positives"] = [empty] * len(table)
-    table["non_negatives"] = [empty] * len(table)
+    positives_col = [empty] * len(table)
+    non_negatives_col = [empty] * len(table)
+    sample_ids = table["sample_id"].to_numpy()
 
     # training and test-query tuples (ids consecutive within each pickle, as upstream)
     for split, name in (("train", "training"), ("test", "test")):
         rows = table.index[(table["submap_set"] == "20m_10overlap") & (table["split"] == split)].to_numpy()
-        pos = table.loc[rows, ["northing", "easting"]].to_numpy()
-        positives, non_negatives = training_tuples(pos, cfg)
+        sub = table.loc[rows]
+        positives, non_negatives = training_tuples(sub[["northing", "easting"]].to_numpy(), cfg)
         tuples = {}
-        for i, row in enumerate(rows):
-            r = table.loc[row]
-            tuples[i] = TrainingTuple(i, int(r["timestamp"]), r["cloud"], positives[i], non_negatives[i],
-                                      np.array([r["northing"], r["easting"]]))
-            table.at[row, "tuple_id"] = i
-            table.at[row, "positives"] = table.loc[rows[positives[i]], "sample_id"].to_numpy()
-            table.at[row, "non_negatives"] = table.loc[rows[non_negatives[i]], "sample_id"].to_numpy()
+        for i, (row, ts, cloud, n, e) in enumerate(zip(rows, sub["timestamp"], sub["cloud"], sub["northing"],
+                                                       sub["easting"])):
+            tuples[i] = TrainingTuple(i, int(ts), cloud, positives[i], non_negatives[i], np.array([n, e]))
+            positives_col[row] = sample_ids[rows[positives[i]]]
+            non_negatives_col[row] = sample_ids[rows[non_negatives[i]]]
+        table.loc[rows, "tuple_id"] = np.arange(len(rows))
         write_training_tuples(bench / PICKLES[name], tuples)
         report.outputs[name] = str(bench / PICKLES[name])
+    table["positives"] = pd.Series(positives_col, index=table.index, dtype=object)
+    table["non_negatives"] = pd.Series(non_negatives_col, index=table.index, dtype=object)
 
     # evaluation (20m, test runs) and validation (10overlap val cells) sets
     def set_ids(mask):
@@ -493,7 +496,7 @@ def _write_splits(bench: Path, image_root: Path, out: Path, train_loc: pd.DataFr
 
     cols = [image_cols(r, t) for r, t in zip(table["run"], table["timestamp"])]
     table["image"] = [c[0] for c in cols]
-    table["image_timestamps"] = [c[1] for c in cols]
+    table["image_timestamps"] = pd.Series([c[1] for c in cols], index=table.index, dtype=object)
     table["image_dt_s"] = [c[2] for c in cols]
     table["tuple_id"] = table["tuple_id"].astype(np.int64)
     table["is_query"] = table["is_query"].astype(bool)
