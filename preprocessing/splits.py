@@ -54,9 +54,9 @@ def select_runs(runs: list[str], rule) -> list[str]:
     if rule == "all_but_last":
         return runs[:-1]
     if rule == "pointnetvlad":
-        if len(runs) <= max(C.PNV_TEST_RUN_INDICES):
-            raise InputError(f"test_runs=pointnetvlad indexes the 45 sorted Oxford runs, but only {len(runs)} runs "
-                             f"were processed; use test_runs=all or list the runs")
+        if len(runs) != 45:
+            raise InputError(f"test_runs=pointnetvlad indexes the 45 sorted Oxford benchmark runs, but {len(runs)} "
+                             f"runs were processed; use test_runs=all or list the test runs explicitly")
         return [runs[i] for i in C.PNV_TEST_RUN_INDICES]
     if isinstance(rule, str):
         raise InputError(f"unknown run-selection rule {rule!r}; use all, all_but_last, pointnetvlad or a list")

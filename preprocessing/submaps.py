@@ -281,11 +281,18 @@ def read_locations_csv(path: Path):
     from preprocessing.errors import InputError
 
     try:
-        df = pd.read_csv(path, dtype={"timestamp": np.int64, "northing": np.float64, "easting": np.float64})
+        df = pd.read_csv(path, index_col=False)
     except FileNotFoundError:
         raise InputError(f"{path}: locations CSV not found; rebuild the submaps or fix `benchmark_root`") from None
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: malformed locations CSV ({exc}); expected 'timestamp,northing,easting'") from None
     if list(df.columns) != ["timestamp", "northing", "easting"]:
         raise InputError(f"{path}: header {list(df.columns)}; expected 'timestamp,northing,easting'")
+    try:
+        df = df.astype({"timestamp": np.int64, "northing": np.float64, "easting": np.float64})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: malformed locations CSV ({exc}); every row needs an integer timestamp and "
+                         f"numeric northing, easting: rebuild the submaps") from None
+    if not np.isfinite(df[["northing", "easting"]].to_numpy()).all():
+        raise InputError(f"{path}: missing or non-finite northing/easting values; rebuild the submaps")
     return df

@@ -242,6 +242,8 @@ def test_select_runs_rules():
 def test_select_runs_errors():
     with pytest.raises(InputError, match="44 runs"):
         select_runs(_run_names(44), "pointnetvlad")
+    with pytest.raises(InputError, match="46 runs"):
+        select_runs(_run_names(46), "pointnetvlad")
     with pytest.raises(InputError, match="bogus"):
         select_runs(_run_names(3), "bogus")
     with pytest.raises(InputError, match="2099-01-01-00-00-00"):

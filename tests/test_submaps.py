@@ -347,16 +347,13 @@ def test_locations_csv_malformed(tmp_path, text):
         read_locations_csv(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_locations_csv accepts rows with a missing or NaN northing/easting "
-                                       "(NaN positions) and, when every row has one extra field, silently uses the "
-                                       "first column as the index and shifts the values")
 @pytest.mark.parametrize("text", [
     "timestamp,northing,easting\n1,2,3\n5,6\n",  # short row -> easting NaN
     "timestamp,northing,easting\n1,2,\n",  # empty field -> NaN
     "timestamp,northing,easting\n1,nan,3\n",  # NaN position
     "timestamp,northing,easting\n1,2,3,4\n5,6,7,8\n",  # extra field on every row -> timestamp := 2, 6
 ])
-def test_locations_csv_malformed_values_bug(tmp_path, text):
+def test_locations_csv_malformed_values(tmp_path, text):
     path = tmp_path / "bad_locations.csv"
     path.write_text(text)
     with pytest.raises(InputError, match="bad_locations.csv"):

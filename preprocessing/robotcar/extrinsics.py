@@ -24,8 +24,8 @@ def read_extrinsics(folder: str | Path | None, sensor: str) -> np.ndarray:
                          f"folder or set it to null to use the published values") from None
     except ValueError:
         raise InputError(f"{path}: expected six numbers 'x y z roll pitch yaw'") from None
-    if len(vals) != 6:
-        raise InputError(f"{path}: expected six numbers 'x y z roll pitch yaw', found {len(vals)}")
+    if len(vals) != 6 or not np.all(np.isfinite(vals)):
+        raise InputError(f"{path}: expected six finite numbers 'x y z roll pitch yaw', found {vals}")
     return se3_from_xyzrpy(vals)
 
 

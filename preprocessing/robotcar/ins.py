@@ -26,8 +26,8 @@ class InsPoses:
 def read_ins(path: str | Path, skips: SkipLog | None = None) -> InsPoses:
     """Read ``ins.csv`` as the SDK does (position from columns 5:8, angles from the last three).
 
-    Malformed rows (wrong column count, non-numeric values, non-finite numbers) and duplicate or out-of-order
-    timestamps are skipped and recorded. A missing file, a wrong header or no usable row raises
+    Malformed rows (wrong column count, non-numeric values, non-finite numbers) and duplicate timestamps are
+    skipped and recorded; out-of-order rows are kept and sorted by time. A missing file, a wrong header or no usable row raises
     :class:`InputError`.
     """
     path = Path(path)
