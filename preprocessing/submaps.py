@@ -275,24 +275,34 @@ def write_locations_csv(path: Path, rows) -> None:
 
 
 def read_locations_csv(path: Path):
-    """Read a ``timestamp,northing,easting`` CSV as a DataFrame (timestamp int64)."""
+    """Read a ``timestamp,northing,easting`` CSV as a DataFrame (timestamp int64); strict about every row."""
     import pandas as pd
 
     from preprocessing.errors import InputError
 
+    path = Path(path)
     try:
-        df = pd.read_csv(path, index_col=False)
+        lines = path.read_text().splitlines()
     except FileNotFoundError:
         raise InputError(f"{path}: locations CSV not found; rebuild the submaps or fix `benchmark_root`") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"{path}: malformed locations CSV ({exc}); expected 'timestamp,northing,easting'") from None
-    if list(df.columns) != ["timestamp", "northing", "easting"]:
-        raise InputError(f"{path}: header {list(df.columns)}; expected 'timestamp,northing,easting'")
-    try:
-        df = df.astype({"timestamp": np.int64, "northing": np.float64, "easting": np.float64})
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{path}: malformed locations CSV ({exc}); every row needs an integer timestamp and "
-                         f"numeric northing, easting: rebuild the submaps") from None
-    if not np.isfinite(df[["northing", "easting"]].to_numpy()).all():
-        raise InputError(f"{path}: missing or non-finite northing/easting values; rebuild the submaps")
-    return df
+    if not lines or [c.strip() for c in lines[0].split(",")] != ["timestamp", "northing", "easting"]:
+        raise InputError(f"{path}: header {lines[0][:80] if lines else ''!r}; expected 'timestamp,northing,easting'")
+    ts, north, east = [], [], []
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        try:
+            if len(fields) != 3 or not fields[0].strip().isdigit():
+                raise ValueError
+            n, e = float(fields[1]), float(fields[2])
+            if not (np.isfinite(n) and np.isfinite(e)):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: malformed row {line[:80]!r}; expected an integer timestamp and finite "
+                             f"northing, easting: rebuild the submaps") from None
+        ts.append(int(fields[0]))
+        north.append(n)
+        east.append(e)
+    return pd.DataFrame({"timestamp": np.asarray(ts, np.int64), "northing": np.asarray(north, np.float64),
+                         "easting": np.asarray(east, np.float64)})
