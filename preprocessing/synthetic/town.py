@@ -47,6 +47,9 @@ CAR_PALETTE = np.array([
     [0.08, 0.16, 0.45], [0.12, 0.30, 0.20], [0.80, 0.70, 0.15], [0.40, 0.42, 0.55], [0.75, 0.38, 0.10],
 ])
 
+#: Car colour frequencies: white, black, silver and grey dominate, as on real streets.
+_CAR_CDF = np.cumsum([0.2, 0.18, 0.16, 0.14, 0.08, 0.08, 0.05, 0.02, 0.05, 0.04])
+
 
 @dataclasses.dataclass
 class Objects:
@@ -582,7 +585,7 @@ def build_cars(town: Town, seed: int, run_index: int, occupancy: float):
             continue
         r = rng.random(8)
         length, width = 3.9 + 0.9 * r[0], 1.72 + 0.18 * r[1]
-        colour = CAR_PALETTE[int(r[2] * len(CAR_PALETTE))] * (0.9 + 0.2 * r[3])
+        colour = CAR_PALETTE[min(int(np.searchsorted(_CAR_CDF, r[2])), len(CAR_PALETTE) - 1)] * (0.9 + 0.2 * r[3])
         yaw = slot.yaw + (np.pi if r[4] < 0.3 else 0.0) + (r[5] - 0.5) * 0.06
         fwd = np.array([np.cos(slot.yaw), np.sin(slot.yaw)])
         x, y = np.array([slot.x, slot.y]) + fwd * (r[6] - 0.5) * 0.8
