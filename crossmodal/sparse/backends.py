@@ -124,6 +124,8 @@ class MinkowskiBackend:
     """MinkowskiEngine backend: one ``ME.CoordinateManager`` per batch; ME's convolution functions."""
 
     name = "minkowski"
+    #: ME builds its maps inside the convolution calls; they cannot be timed apart.
+    map_seconds = float("nan")
 
     def __init__(self, device: torch.device | str):
         self.me = import_minkowski()
@@ -133,9 +135,6 @@ class MinkowskiBackend:
         self._generators: dict[tuple[int, int], Any] = {}
         self._batch_rows: dict[tuple, tuple[Tensor, int]] = {}
         self._mode = importlib.import_module("MinkowskiEngineBackend._C").ConvolutionMode.DEFAULT
-
-    #: ME builds its maps inside the convolution calls; they cannot be timed apart.
-    map_seconds = float("nan")
 
     def insert(self, coords: Tensor, feats: Tensor, stride: int = 1) -> SparseTensor:
         check_coords(coords, stride)
@@ -154,7 +153,7 @@ class MinkowskiBackend:
         return a.get_key() == b.get_key()
 
     def batch_rows(self, key: Any) -> tuple[Tensor, int]:
-        cache_key = tuple(map(tuple, [key.get_tensor_stride()])) + (key.get_key()[1],)
+        cache_key = (tuple(key.get_tensor_stride()), key.get_key()[1])
         if cache_key not in self._batch_rows:
             batch = self.coordinates(key)[:, 0].to(self.device)
             present, rows = torch.unique(batch, sorted=True, return_inverse=True)

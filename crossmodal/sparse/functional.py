@@ -12,9 +12,10 @@ def gather_gemm_scatter(feats: Tensor, kernel: Tensor, kmap: KernelMap, num_out:
     """Sparse convolution: ``out[o] = sum_k feats[i] @ kernel[k]`` over the pairs ``(i, o)`` of kernel index ``k``.
 
     ``kernel`` is ``[kernel_volume, in_channels, out_channels]`` (MinkowskiEngine's layout). The identity
-    kernel index of ``kmap`` (centre of a stride-1 odd kernel) is one dense matrix product. All pairs are
-    gathered with one ``index_select`` and scattered with one ``index_add_`` (so the backward also does one
-    scatter and one gather, not one dense ``[N, C]`` buffer per kernel offset); only the GEMMs loop over offsets.
+    kernel index of ``kmap`` (centre of a stride-1 odd kernel) is one dense matrix product. All input rows are
+    gathered with one ``index_select`` and split per offset, so the backward scatters the input gradient once
+    (per-offset gathers would make autograd build and sum a dense ``[N, C]`` gradient per offset); the products
+    are scattered per offset, keeping the ``[pairs, C_out]`` temporaries small.
     """
     if kmap.identity is not None:
         out = feats @ kernel[kmap.identity]
@@ -22,10 +23,12 @@ def gather_gemm_scatter(feats: Tensor, kernel: Tensor, kmap: KernelMap, num_out:
         out = feats.new_zeros(num_out, kernel.shape[2])
     if kmap.in_rows.numel() == 0:
         return out
-    sizes = [hi - lo for lo, hi in zip(kmap.bounds[:-1], kmap.bounds[1:])]
-    gathered = feats.index_select(0, kmap.in_rows).split(sizes)
-    products = torch.cat([g @ kernel[k] for k, g in enumerate(gathered) if sizes[k]])
-    return out.index_add_(0, kmap.out_rows, products)
+    bounds = kmap.bounds
+    sizes = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for k, gathered in enumerate(feats.index_select(0, kmap.in_rows).split(sizes)):
+        if sizes[k]:
+            out.index_add_(0, kmap.out_rows[bounds[k]:bounds[k + 1]], gathered @ kernel[k])
+    return out
 
 
 def segment_mean(feats: Tensor, rows: Tensor, num_rows: int) -> Tensor:
