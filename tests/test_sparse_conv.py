@@ -146,3 +146,20 @@ def test_invalid_inputs_raise_clear_errors():
         SparseConv3d(2, 2, 3)(x)
     with pytest.raises(ValueError, match="same coordinate set"):
         x + SparseConv3d(1, 1, 2, stride=2)(x)
+
+
+def test_conv_transpose_with_pre_1x1_equals_composition():
+    coords = random_coords(150, seed=11)
+    fine = sparse_tensor(coords, torch.randn(coords.shape[0], 3, dtype=torch.float64), backend="torch")
+    coarse = SparseConv3d(3, 3, 2, stride=2).double()(fine)
+    pre = SparseConv3d(3, 5, 1).double()
+    tconv = SparseConvTranspose3d(5, 4, 2).double()
+    fused = tconv(coarse, fine, pre=pre)
+    composed = tconv(pre(coarse), fine)
+    torch.testing.assert_close(fused.feats, composed.feats)
+    grad = torch.randn_like(fused.feats)
+    for a, b in zip(torch.autograd.grad(fused.feats, (pre.kernel, tconv.kernel), grad),
+                    torch.autograd.grad(composed.feats, (pre.kernel, tconv.kernel), grad)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="pre must be"):
+        tconv(coarse, fine, pre=SparseConv3d(3, 5, 1, bias=True).double())

@@ -138,10 +138,14 @@ class MinkFPN(nn.Module):
             x = block(self.relu(bn(conv(x))))
             if self.num_bottom_up - 1 - self.num_top_down <= ndx < len(self.convs) - 1:
                 feature_maps.append(x)
-        x = self.conv1x1[0](x)
+        if not self.tconvs:
+            return self.conv1x1[0](x)
         for ndx, tconv in enumerate(self.tconvs):
             lateral = feature_maps[-ndx - 1]
-            x = tconv(x, lateral) + self.conv1x1[ndx + 1](lateral)
+            # Upstream applies conv1x1[0] and then the first tconv; nothing lies between the two linear maps, so
+            # they run as one transposed conv (same result, about a third of that step's multiply-adds).
+            up = tconv(x, lateral, pre=self.conv1x1[0]) if ndx == 0 else tconv(x, lateral)
+            x = up + self.conv1x1[ndx + 1](lateral)
         return x
 
 

@@ -60,19 +60,29 @@ class SparseConv3d(_SparseConvBase):
 class SparseConvTranspose3d(_SparseConvBase):
     """Transposed sparse convolution onto the coordinates of a finer tensor (MinkowskiEngine's
     ``MinkowskiConvolutionTranspose`` with ``generative=False``): ``forward(x, target)`` returns features on
-    ``target``'s coordinates; ``target.stride * stride`` must equal ``x.stride``."""
+    ``target``'s coordinates; ``target.stride * stride`` must equal ``x.stride``.
+
+    ``forward(x, target, pre=conv)`` computes ``self(conv(x), target)`` for a bias-free 1×1 stride-1 ``conv`` as
+    one transposed convolution with kernel ``conv.kernel[0] @ kernel[k]`` (both are linear, so the result is the
+    same, with fewer multiply-adds when ``conv`` widens the channels).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2, bias: bool = False):
         super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=True)
 
-    def forward(self, x: SparseTensor, target: SparseTensor) -> SparseTensor:
-        if x.num_channels != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels, got {x.num_channels}")
+    def forward(self, x: SparseTensor, target: SparseTensor, pre: SparseConv3d | None = None) -> SparseTensor:
+        kernel = self.kernel
+        if pre is not None:
+            if (pre.kernel_size, pre.stride, pre.bias) != (1, 1, None) or pre.out_channels != self.in_channels:
+                raise ValueError("pre must be a bias-free 1x1 stride-1 SparseConv3d feeding this layer's channels")
+            kernel = pre.kernel[0] @ kernel
+        if x.num_channels != kernel.shape[1]:
+            raise ValueError(f"expected {kernel.shape[1]} input channels, got {x.num_channels}")
         if x.backend is not target.backend:
             raise ValueError("the target tensor must come from the same batch (backend instance) as the input")
         if target.stride * self.stride != x.stride:
             raise ValueError(f"target stride {target.stride} x {self.stride} != input stride {x.stride}")
-        return self._add_bias(x.backend.conv_transpose(x, self.kernel, self.kernel_size, target))
+        return self._add_bias(x.backend.conv_transpose(x, kernel, self.kernel_size, target))
 
 
 class SparseBatchNorm(nn.Module):
