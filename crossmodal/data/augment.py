@@ -290,8 +290,8 @@ class RandomErasing(RandomTransform):
         for _ in range(10):
             erase_area = area * _uniform(generator, *self.scale)
             aspect = math.exp(_uniform(generator, *log_ratio))
-            eh = int(round(math.sqrt(erase_area * aspect)))
-            ew = int(round(math.sqrt(erase_area / aspect)))
+            eh = round(math.sqrt(erase_area * aspect))
+            ew = round(math.sqrt(erase_area / aspect))
             if not (eh < h and ew < w):
                 continue
             i = int(torch.randint(0, h - eh + 1, (), generator=generator))

@@ -98,8 +98,8 @@ class PlaceDataModule:
         return self._datasets[key]
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                    persistent_workers=self.persistent_workers and self.num_workers > 0)
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.persistent_workers and self.num_workers > 0}
 
     def train_loader(self, num_replicas: int | None = None, rank: int | None = None) -> DataLoader:
         """Training loader: batches of mutual-positive pairs with masks; ``loader.batch_sampler`` is the

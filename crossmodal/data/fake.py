@@ -61,11 +61,11 @@ def write_fake_manifest(root: str | Path, runs: int = 3, train_per_run: int = 20
                 else:
                     split = "eval"
                     northing = 5_735_000.0 + k * 2 * spacing_m + 0.5 * r
-                rows.append(dict(submap_set=family, run=run, timestamp=ts, northing=northing,
-                                 easting=620_000.0 + 0.3 * r, split=split,
-                                 is_query=bool(split == "val" or (split == "eval" and k % 2 == 0)),
-                                 cloud=f"oxford/{run}/{folder}/{ts}.bin", image=f"{run}/{ts + 20_000}.png",
-                                 image_timestamps=np.array([ts + 20_000], np.int64), image_dt_s=0.02))
+                rows.append({"submap_set": family, "run": run, "timestamp": ts, "northing": northing,
+                             "easting": 620_000.0 + 0.3 * r, "split": split,
+                             "is_query": bool(split == "val" or (split == "eval" and k % 2 == 0)),
+                             "cloud": f"oxford/{run}/{folder}/{ts}.bin", "image": f"{run}/{ts + 20_000}.png",
+                             "image_timestamps": np.array([ts + 20_000], np.int64), "image_dt_s": 0.02})
     table = pd.DataFrame(rows)
     table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))
     table["tuple_id"] = -1

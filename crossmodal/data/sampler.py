@@ -111,9 +111,9 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         pairs = self.pairs(epoch)
         per = self.batch_size // 2
         batches = [[i for p in pairs[s:s + per] for i in p] for s in range(0, len(pairs), per)]
-        if batches and len(batches[-1]) < self.batch_size:
-            if self.drop_last or len(batches[-1]) < 2 * self.min_pairs:
-                batches.pop()
+        short = bool(batches) and len(batches[-1]) < self.batch_size
+        if short and (self.drop_last or len(batches[-1]) < 2 * self.min_pairs):
+            batches.pop()
         usable = len(batches) // self.num_replicas * self.num_replicas
         return batches[:usable]
 

@@ -11,6 +11,7 @@ Inputs: an ImageNet-normalised ``[B, 3, H, W]`` tensor, or a batch dict holding 
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
                                 f"the path of a local torchvision state_dict, or null for random initialisation)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors differ by torch version
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as exc:
         raise ValueError(f"{path}: cannot read a state_dict from this file ({exc})") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         raise ValueError(f"{path}: holds a training checkpoint (a 'state_dict' entry), not a torchvision "
