@@ -31,16 +31,17 @@ def sparse_quantize(clouds: Sequence[Tensor | np.ndarray], quantization_size: fl
             raise ValueError(f"cloud {b} must be [N, 3], got shape {tuple(p.shape)}")
     if not points:
         raise ValueError("sparse_quantize needs at least one cloud")
-    sizes = torch.tensor([p.shape[0] for p in points])
-    batch = torch.repeat_interleave(torch.arange(len(points)), sizes)
+    device = points[0].device
+    sizes = torch.tensor([p.shape[0] for p in points], device=device)
+    batch = torch.repeat_interleave(torch.arange(len(points), device=device), sizes)
     voxels = torch.cat([torch.floor(p / quantization_size).long() for p in points])
     coords = torch.cat([batch[:, None], voxels], dim=1)
     check_coords(coords)
     unique, inverse = torch.unique(hash_coords(coords), sorted=True, return_inverse=True)
     if features is None:
-        feats = torch.ones(unique.numel(), 1)
+        feats = torch.ones(unique.numel(), 1, device=device)
     else:
-        point_feats = torch.cat([torch.as_tensor(f, dtype=torch.float32).reshape(len(p), -1)
+        point_feats = torch.cat([torch.as_tensor(f, dtype=torch.float32, device=device).reshape(len(p), -1)
                                  for f, p in zip(features, points, strict=True)])
         feats = segment_mean(point_feats, inverse, unique.numel())
     return unhash_coords(unique), feats
