@@ -184,8 +184,9 @@ class PairedPlaceDataset(Dataset):
         self.positions = self.rows[["northing", "easting"]].to_numpy(np.float64)
         self.runs = self.rows["run"].astype(str).tolist()
         self.cloud_paths = [str(self.benchmark_root / c) for c in self.rows["cloud"]]
-        self.image_paths = [None if (v is None or (isinstance(v, float) and np.isnan(v)) or v == "")
-                            else self._image_path(v) for v in self.rows["image"]]
+        self.image_paths = [None if (v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
+                                     or self.image_root is None) else self._image_path(v)
+                            for v in self.rows["image"]]
         self.index_of = {int(s): i for i, s in enumerate(self.sample_ids)}
         self.tuples = PlaceTuples(self._to_indices(self.rows["positives"]),
                                   self._to_indices(self.rows["non_negatives"]))
