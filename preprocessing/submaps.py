@@ -117,7 +117,9 @@ def remove_ground(points: np.ndarray, threshold: float, iterations: int, max_til
             break
         cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[candidates]))
         o3d.utility.random.seed(int(seed + attempt) % (2**31))
-        model, inliers = cloud.segment_plane(threshold, 3, iterations)
+        # probability=1 disables open3d's early termination, whose outcome depends on OpenMP thread timing: with
+        # it, the (pre-drawn, seeded) samples are all tried and the result is reproducible.
+        model, inliers = cloud.segment_plane(threshold, 3, iterations, probability=1.0)
         inliers = np.asarray(inliers, np.int64)
         normal = np.asarray(model[:3]) / max(np.linalg.norm(model[:3]), 1e-12)
         if abs(normal[2]) >= cos_tilt:
@@ -215,11 +217,15 @@ def build_run_submaps(scans: RunScans, G_ins_laser: np.ndarray, out_dir: Path, c
     ts = scans.timestamps[keep]
     poses = scans.poses[keep]
     cache: dict[int, np.ndarray | None] = {}
+    unreadable: set[int] = set()  # remembered across both sets so each bad scan is reported once
 
     def world_points(i: int) -> np.ndarray | None:
+        if i in unreadable:
+            return None
         if i not in cache:
             scan = try_read_lms_scan(scans.folder / "lms_front" / f"{ts[i]}.bin", skips)
             if scan is None:
+                unreadable.add(i)
                 cache[i] = None
             else:
                 pts = scan_points_laser_frame(scan, cfg.min_range_m)

@@ -59,6 +59,13 @@ class _UpstreamPickler(pickle._Pickler):  # the pure-Python pickler exposes save
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._module = module
 
+    def reducer_override(self, obj):
+        # The pure-Python pickler memoizes the shared empty ``bytes`` of every empty out-of-band buffer and then
+        # trips over its own memo (CPython's ``save_picklebuffer``): empty arrays use their protocol-4 reduction.
+        if isinstance(obj, np.ndarray) and obj.size == 0:
+            return obj.__reduce_ex__(4)
+        return NotImplemented
+
     def save_global(self, obj, name=None):
         if obj is TrainingTuple:
             self.save(self._module)

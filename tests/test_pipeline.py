@@ -234,7 +234,8 @@ def test_corrupt_png_is_skipped_and_counted(raw_copy, tmp_path, tiny_processed):
     assert "truncated" in bad[0].detail
     assert not (tmp_path / "out" / "images" / run / f"{ts}.png").exists()
     table2, _ = read_manifest(tmp_path / "out")
-    r2 = table2[(table2["run"] == run) & (table2["timestamp"] == row["timestamp"])]
+    r2 = table2[(table2["run"] == run) & (table2["timestamp"] == row["timestamp"])
+                & (table2["submap_set"] == row["submap_set"])]
     assert len(r2) == 1 and ts not in r2.iloc[0]["image_timestamps"].tolist()
     assert "corrupt_image" in (tmp_path / "out" / "report.md").read_text()
 

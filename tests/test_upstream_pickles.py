@@ -222,3 +222,14 @@ def test_evaluation_pickles_round_trip(tmp_path):
     key = next(iter(loaded))
     assert type(key) is np.int64 and type(loaded[key][0]) is np.int64
     assert list(tmp_path.glob(".*.tmp")) == []  # atomic write leaves no temporaries
+
+
+def test_tuples_with_empty_positives_round_trip(tmp_path):
+    """Several empty arrays (isolated samples) once tripped the pure-Python pickler's memo."""
+    empty = np.zeros(0, np.int64)
+    tuples = {i: TrainingTuple(i, 1000 + i, f"oxford/r/pointcloud_20m_10overlap/{1000 + i}.bin", empty.copy(),
+                               np.array([i], np.int64), np.array([1.0, 2.0])) for i in range(3)}
+    path = tmp_path / "t.pickle"
+    write_training_tuples(path, tuples)
+    back = load_pickle(path)
+    assert back == tuples and back[2].positives.dtype == np.int64 and back[2].positives.shape == (0,)

@@ -108,6 +108,8 @@ def decode_bayer_png(data: bytes, path: str | Path = "<bytes>", mode: str = "fas
     else:
         import cv2
 
+        # errors only: a corrupt file is reported by the exception below, not by libpng warnings on stderr
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         buf = np.frombuffer(data, np.uint8)
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
         if arr is None:

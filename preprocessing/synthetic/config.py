@@ -130,7 +130,7 @@ class SyntheticConfig:
 #: Preset values (also listed in docs/synthetic.md; configs/synthetic/*.yaml mirror them).
 PRESETS: dict[str, dict] = {
     "default": dict(
-        seed=0, town_seed=0, num_runs=6, route=DEFAULT_ROUTE, camera_hz=4.0, image_width=640, image_height=480,
+        seed=0, town_seed=0, num_runs=6, route=DEFAULT_ROUTE, camera_hz=2.0, image_width=640, image_height=480,
         render_scale=0.5,
     ),
     "quick": dict(

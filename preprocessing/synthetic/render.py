@@ -142,7 +142,7 @@ class RunScene:
         t = r["t_hit"].numpy().astype(np.float64)
         gid = r["geometry_ids"].numpy()
         pid = r["primitive_ids"].numpy()
-        nrm = r["primitive_normals"].numpy().astype(np.float64)
+        nrm = r["primitive_normals"].numpy()
         obj = np.full(len(dirs), -1, np.int64)
         for g, tri_obj in table.items():
             m = gid == g
@@ -174,9 +174,8 @@ class RunScene:
             if len(idx):
                 t2, o2, n2 = self._cast(self.bare, self.tri_obj_bare, origins[idx], dirs[idx])
                 t[idx], obj[idx], nrm[idx] = t2, o2, n2
-        flip = np.einsum("ij,ij->i", nrm, dirs) > 0
-        nrm[flip] *= -1
-        return t, obj, nrm
+        sign = np.where(np.einsum("ij,ij->i", nrm, dirs) > 0, np.float32(-1.0), np.float32(1.0))
+        return t, obj, nrm * sign[:, None]
 
     def shadow(self, points, normals, sun_dir) -> np.ndarray:
         """Fraction of sunlight reaching ``points``: opaque occluders block it, crowns by their density."""
@@ -217,6 +216,14 @@ class Renderer:
         self.ambient_rgb = (cond.ambient * amb / amb.mean()).astype(np.float32)
         self.sun_dir = cond.sun_dir.astype(np.float32)
         self.sun_rgb = (cond.sun_intensity * cond.sun_colour).astype(np.float32)
+        up20 = np.array([[0.0, 0.94, -0.34]])
+        self.sky_reflection = self.sky(up20, clouds=False)[0].astype(np.float32)
+        # pixel -> representative pixel of its 2x2 block (shadow rays are shared inside a block when consistent)
+        rep = (v.astype(np.int64) // 2 * 2).clip(0, self.rh - 1) * self.rw + (u.astype(np.int64) // 2 * 2)
+        self.block_rep = rep.reshape(-1)
+        # a bank of sensor noise, read at a per-frame random offset (cheaper than fresh normals per frame)
+        nrng = run_rng(config.seed, run_index, STREAM_CAMERA, 1 << 29)
+        self.noise_bank = nrng.standard_normal(config.image_width * config.image_height * 2, dtype=np.float32)
 
     # -- sky --------------------------------------------------------------------------------------------------
     def sky(self, d: np.ndarray, clouds: bool = True) -> np.ndarray:
@@ -250,8 +257,11 @@ class Renderer:
         alb = np.zeros((len(p), 3), np.float32)
         spec = np.zeros(len(p), np.float32)
         c = self.cond
-        for k in np.unique(kind):
-            m = np.flatnonzero(kind == k)
+        order = np.argsort(kind, kind="stable")
+        counts = np.bincount(kind, minlength=len(T.KIND_NAMES))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for k in np.flatnonzero(counts):
+            m = order[starts[k]:starts[k + 1]]
             args = (p[m], n[m], foot[m], obj[m])
             if k == T.FACADE:
                 alb[m], spec[m] = self._facade(*args)
@@ -495,6 +505,28 @@ class Renderer:
         out[lamp & ~front] = np.array([0.7, 0.05, 0.04])
         return out, spec
 
+    def _shadows(self, hit, need, p, nh, oh, th) -> np.ndarray:
+        """Sun visibility of the hit pixels in ``need``: one shadow ray per 2x2 block where the block's pixels see
+        the same object at a similar depth, one per pixel elsewhere."""
+        n_pix = self.rw * self.rh
+        pos = np.full(n_pix, -1, np.int64)  # pixel -> index into the hit arrays
+        pos[hit] = np.arange(len(hit))
+        need_idx = np.flatnonzero(need)
+        rep = pos[self.block_rep[hit[need_idx]]]
+        ok = rep >= 0
+        ok[ok] = need[rep[ok]] & (oh[rep[ok]] == oh[need_idx[ok]]) & (
+            np.abs(th[rep[ok]] - th[need_idx[ok]]) < 0.03 * th[need_idx[ok]] + 0.05)
+        own = ~ok | (rep == need_idx)
+        lit_all = np.zeros(len(hit), np.float32)
+        mark = np.zeros(len(hit), bool)
+        mark[need_idx[own]] = True
+        mark[rep[ok]] = True
+        cast_idx = np.flatnonzero(mark)
+        lit_all[cast_idx] = self.scene.shadow(p[cast_idx], nh[cast_idx], self.sun_dir)
+        out = lit_all[need_idx]
+        out[ok] = lit_all[rep[ok]]
+        return out
+
     # -- frame ------------------------------------------------------------------------------------------------
     def render_linear(self, T_local_cam: np.ndarray) -> np.ndarray:
         """(rh, rw, 3) linear radiance of the view from ``T_local_cam`` (camera frame x fwd, y right, z down)."""
@@ -520,20 +552,16 @@ class Renderer:
                 lit = np.zeros(len(hit), np.float32)
                 need = ndl > 0
                 if self.config.shadows and need.any():
-                    lit[need] = self.scene.shadow(p[need], nh[need], c.sun_dir)
+                    lit[need] = self._shadows(hit, need, p, nh, oh, th)
                 elif need.any():
                     lit[need] = 1.0
                 light = light + (ndl * lit)[:, None] * self.sun_rgb[None]
             col = alb * light
             sp = np.flatnonzero(spec > 0.01)
-            if len(sp):
-                ds, ns = dh[sp], nh[sp]
-                dn = (ds * ns).sum(1)
-                refl = ds - 2 * dn[:, None] * ns
-                refl[:, 2] = np.minimum(refl[:, 2], -0.02)
-                refl /= np.linalg.norm(refl, axis=1, keepdims=True)
+            if len(sp):  # glossy surfaces reflect the (uniform, at ~20 deg elevation) sky
+                dn = (dh[sp] * nh[sp]).sum(1)
                 fres = spec[sp] * (0.4 + 0.6 * (1 - np.abs(dn)) ** 3)
-                col[sp] += fres[:, None] * self.sky(refl, clouds=False)
+                col[sp] += fres[:, None] * self.sky_reflection[None]
             img[hit] = col
         if np.isfinite(c.fog_visibility_m):
             dist = np.where(np.isfinite(t), t, 5 * c.fog_visibility_m)
@@ -564,7 +592,8 @@ class Renderer:
         raw = bayer_mosaic(x, "GBRG")
         if cfg.image_noise > 0:
             sigma = np.sqrt(cfg.image_noise ** 2 * (1.0 + raw / 64.0))
-            raw = raw + sigma * rng.standard_normal(raw.shape, dtype=np.float32)
+            off = int(rng.integers(0, self.noise_bank.size - raw.size))
+            raw = raw + sigma * self.noise_bank[off:off + raw.size].reshape(raw.shape)
         return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
 
     def _rain(self, img, rng):

@@ -28,6 +28,7 @@ HALF_ROAD = 5.8
 SIDEWALK_W = 3.0
 KERB_H = 0.12
 PARKING_C = 4.65  # lateral position of parked cars' centres
+TILE_M = 20.0  # ground, roads and sidewalks are cut into pieces of at most this length
 N_PARAMS = 8
 
 # geometry ids inside a run's ray-casting scene
@@ -129,6 +130,16 @@ class _MeshBuilder:
         for i in range(1, sides - 1):
             faces += [[sides, sides + i, sides + i + 1], [0, i + 1, i]]
         self.add(v, np.array(faces), obj)
+
+    def grid(self, xs, ys, z, obj) -> None:
+        """A horizontal grid of quads at height z over the cell edges xs x ys."""
+        gx, gy = np.meshgrid(xs, ys, indexing="ij")
+        v = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)])
+        ny = len(ys)
+        i, j = np.meshgrid(np.arange(len(xs) - 1), np.arange(ny - 1), indexing="ij")
+        a = (i * ny + j).ravel()
+        f = np.concatenate([np.column_stack([a, a + ny, a + ny + 1]), np.column_stack([a, a + ny + 1, a + 1])])
+        self.add(v, f, obj)
 
     def segment_box(self, p0, p1, half_w, obj) -> None:
         """A thin square beam from 3-D point p0 to p1 (branches)."""
@@ -323,8 +334,10 @@ def build_town(route: Route, town_seed: int, extension: float = 70.0) -> Town:
     all_pts = np.vstack([np.vstack([s.point(s.along_min, 0.0), s.point(s.along_max, 0.0)]) for s in streets])
     lo, hi = all_pts.min(0) - 450.0, all_pts.max(0) + 450.0
     g = objs.add(GRASS)
-    mesh.add(np.array([[lo[0], lo[1], 0.02], [hi[0], lo[1], 0.02], [hi[0], hi[1], 0.02], [lo[0], hi[1], 0.02]]),
-             np.array([[0, 1, 2], [0, 2, 3]]), g)
+    # tiled (large triangles would overlap every BVH node and slow ray casting down)
+    xs = np.linspace(lo[0], hi[0], int(np.ceil((hi[0] - lo[0]) / TILE_M)) + 1)
+    ys = np.linspace(lo[1], hi[1], int(np.ceil((hi[1] - lo[1]) / TILE_M)) + 1)
+    mesh.grid(xs, ys, 0.02, g)
 
     parking: list[ParkingSlot] = []
     for k, st in enumerate(streets):
@@ -336,9 +349,12 @@ def build_town(route: Route, town_seed: int, extension: float = 70.0) -> Town:
         rid = objs.add(ROAD, col0=np.array([0.16, 0.16, 0.17]) * rng.uniform(0.85, 1.15),
                        params=(mark_from, mark_to, rng.uniform(0, 12), rng.integers(0, 2)),
                        origin=(o[0], o[1], z_road), axis_u=(st.direction[0], st.direction[1], 0.0))
-        quad = np.array([st.point(st.along_min, -HALF_ROAD), st.point(st.along_max, -HALF_ROAD),
-                         st.point(st.along_max, HALF_ROAD), st.point(st.along_min, HALF_ROAD)])
-        mesh.add(np.column_stack([quad, np.full(4, z_road)]), np.array([[0, 1, 2], [0, 2, 3]]), rid)
+        n_seg = int(np.ceil((st.along_max - st.along_min) / TILE_M))
+        for a0, a1 in zip(np.linspace(st.along_min, st.along_max, n_seg + 1)[:-1],
+                          np.linspace(st.along_min, st.along_max, n_seg + 1)[1:]):
+            quad = np.array([st.point(a0, -HALF_ROAD), st.point(a1, -HALF_ROAD), st.point(a1, HALF_ROAD),
+                             st.point(a0, HALF_ROAD)])
+            mesh.add(np.column_stack([quad, np.full(4, z_road)]), np.array([[0, 1, 2], [0, 2, 3]]), rid)
         # sidewalks (kerb = their side faces), cut where they would cross another street's road
         paving = np.array([0.52, 0.50, 0.47]) * rng.uniform(0.85, 1.12) * rng.uniform(0.95, 1.05, 3)
         for side in (-1, 1):
@@ -357,9 +373,12 @@ def build_town(route: Route, town_seed: int, extension: float = 70.0) -> Town:
                     start = i
                 if not kp and start is not None:
                     a0, a1 = cells[start], cells[i - 1] + 1.0
-                    cc = st.point((a0 + a1) / 2, side * (HALF_ROAD + SIDEWALK_W / 2))
-                    mesh.box(cc[0], cc[1], st.yaw, (a1 - a0) / 2, SIDEWALK_W / 2, -KERB_H - 0.001 * (k % 4), 0.01,
-                             sid)
+                    n_seg = int(np.ceil((a1 - a0) / TILE_M))
+                    edges = np.linspace(a0, a1, n_seg + 1)
+                    for b0, b1 in zip(edges[:-1], edges[1:]):
+                        cc = st.point((b0 + b1) / 2, side * (HALF_ROAD + SIDEWALK_W / 2))
+                        mesh.box(cc[0], cc[1], st.yaw, (b1 - b0) / 2, SIDEWALK_W / 2, -KERB_H - 0.001 * (k % 4),
+                                 0.01, sid)
                     start = None
         # parking slots (the cars are per run)
         for side in (-1, 1):
