@@ -5,7 +5,7 @@ Batch: ``--batch`` clouds of ``--points`` uniform points in [-1, 1]³, quantised
 outside the timing, as DataLoader workers do). Both backends run the same weights. Reported: median seconds per
 batch of the forward (kernel maps included), of backward + step, their total, and the part of the forward spent
 building coordinate/kernel maps (torch backend; MinkowskiEngine builds them inside its convolutions), plus the
-ratio built-in / MinkowskiEngine when ME is installed.
+ratio built-in / MinkowskiEngine when ME is installed. The backends alternate batch by batch.
 
     python scripts/bench_sparse.py [--device cuda] [--threads 2] [--iters 5]
 """
@@ -41,28 +41,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_backend(model: MinkLoc3D, batches: list[dict], device: torch.device, warmup: int) -> dict[str, float]:
-    """Median forward, backward+step and map-building seconds over ``batches`` (after ``warmup`` of them)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fwd, bwd, maps = [], [], []
+def step(model: MinkLoc3D, optimizer: torch.optim.Optimizer, batch: dict, device: torch.device) -> tuple:
+    """One training step; returns (forward s, backward+step s, map-building s)."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = model(batch)
+    loss = out["descriptor"].square().mean()
+    sync(device)
+    t1 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1, out["local_features"].backend.map_seconds
+
+
+def run(models: dict[str, MinkLoc3D], batches: list[dict], device: torch.device, warmup: int) -> dict:
+    """Median forward, backward+step, total and map seconds per backend. The backends take turns on every
+    batch, so load from other processes affects them alike."""
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in models.items()}
+    times: dict[str, list[tuple]] = {name: [] for name in models}
     for i, batch in enumerate(batches):
-        sync(device)
-        t0 = time.perf_counter()
-        out = model(batch)
-        loss = out["descriptor"].square().mean()
-        sync(device)
-        t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-            maps.append(out["local_features"].backend.map_seconds)
+        for name, model in models.items():
+            t = step(model, optimizers[name], batch, device)
+            if i >= warmup:
+                times[name].append(t)
     med = statistics.median
-    return {"fwd": med(fwd), "bwd": med(bwd), "total": med(f + b for f, b in zip(fwd, bwd)), "maps": med(maps)}
+    return {name: {"fwd": med(t[0] for t in ts), "bwd": med(t[1] for t in ts), "total": med(t[0] + t[1] for t in ts),
+                   "maps": med(t[2] for t in ts)} for name, ts in times.items()}
 
 
 def main() -> None:
@@ -80,14 +86,14 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     reference = MinkLoc3D(backend="torch").to(device)
-    rows = {}
+    models = {}
     for name in args.backends.split(","):
         if name == "minkowski" and not minkowski_available(device):
             print(f"minkowski: skipped (MinkowskiEngine not installed or no {device.type} support)")
             continue
-        model = MinkLoc3D(backend=name).to(device)
-        model.load_state_dict(reference.state_dict())
-        rows[name] = run_backend(model, batches, device, args.warmup)
+        models[name] = MinkLoc3D(backend=name).to(device)
+        models[name].load_state_dict(reference.state_dict())
+    rows = run(models, batches, device, args.warmup)
 
     print(f"\nMinkLoc3D branch, {args.batch} clouds x {args.points} points, quantization {args.quantization} "
           f"(mean {voxels:.0f} voxels), device {device}, {torch.get_num_threads()} threads, "
