@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from preprocessing.errors import InputError, OutputError
-from preprocessing.io import atomic_write_text
+from preprocessing.io import record_run
 
 log = logging.getLogger("preprocess")
-
-
-def record_run(run_dir: str | Path, cfg: DictConfig) -> None:
-    """Write the resolved config and the command line into the run directory."""
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(run_dir / "command.txt", shlex.join([sys.executable] + sys.argv) + "\n")
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:

@@ -80,3 +80,15 @@ def clean_stale_temporaries(folder: str | Path) -> int:
             p.unlink()
             n += 1
     return n
+
+
+def record_run(run_dir: str | Path, cfg) -> None:
+    """Write a run's resolved config (``config.yaml``) and command line (``command.txt``) into ``run_dir``."""
+    import shlex
+    import sys
+
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / "command.txt", shlex.join([sys.executable] + sys.argv) + "\n")
