@@ -381,6 +381,11 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
                         bar.update(n)
                 for f in done:
                     f.result()  # re-raise a worker's exception
+        except cf.process.BrokenProcessPool as exc:
+            raise RuntimeError(
+                "a synthetic-RobotCar worker process died (killed, out of memory, or - with the 'spawn' start method, "
+                "used when open3d is already imported - a calling script without an `if __name__ == '__main__':` "
+                "guard); re-run to resume (finished runs are kept) or pass workers=1") from exc
         except BaseException:
             for f in futs:
                 f.cancel()
