@@ -174,7 +174,8 @@ class RunScene:
             if len(idx):
                 t2, o2, n2 = self._cast(self.bare, self.tri_obj_bare, origins[idx], dirs[idx])
                 t[idx], obj[idx], nrm[idx] = t2, o2, n2
-        sign = np.where(np.einsum("ij,ij->i", nrm, dirs) > 0, np.float32(-1.0), np.float32(1.0))
+        dot = nrm[:, 0] * dirs[:, 0] + nrm[:, 1] * dirs[:, 1] + nrm[:, 2] * dirs[:, 2]
+        sign = np.where(dot > 0, np.float32(-1.0), np.float32(1.0))
         return t, obj, nrm * sign[:, None]
 
     def shadow(self, points, normals, sun_dir) -> np.ndarray:
@@ -253,7 +254,7 @@ class Renderer:
     def albedo(self, p, n, d, foot, obj):
         """(albedo (M, 3), specular (M,)) for hit points."""
         o = self.scene.objects
-        kind = o.kind[obj]
+        kind = np.take(o.kind, obj, axis=0)
         alb = np.zeros((len(p), 3), np.float32)
         spec = np.zeros(len(p), np.float32)
         c = self.cond
@@ -262,7 +263,7 @@ class Renderer:
         starts = np.concatenate([[0], np.cumsum(counts)])
         for k in np.flatnonzero(counts):
             m = order[starts[k]:starts[k + 1]]
-            args = (p[m], n[m], foot[m], obj[m])
+            args = (np.take(p, m, axis=0), np.take(n, m, axis=0), np.take(foot, m), np.take(obj, m))
             if k == T.FACADE:
                 alb[m], spec[m] = self._facade(*args)
             elif k == T.ROAD:
@@ -280,14 +281,15 @@ class Renderer:
             elif k == T.HEDGE:
                 pp = p[m]
                 tex = 0.7 + 0.6 * noise2(pp[:, 0] * 2.0 + pp[:, 2], pp[:, 1] * 2.0 - pp[:, 2], seed=11)
-                col = o.col0[obj[m]] * (np.array([1.1, 0.95, 0.85]) if c.season == "winter" else 1.0)
+                tint = np.array([1.1, 0.95, 0.85], np.float32) if c.season == "winter" else np.float32(1.0)
+                col = np.take(o.col0, obj[m], axis=0) * tint
                 alb[m] = col * tex[:, None]
             elif k == T.TRUNK:
                 pp = p[m]
                 tex = 0.8 + 0.4 * noise2(pp[:, 0] * 3 + pp[:, 1] * 3, pp[:, 2] * 6, seed=12)
-                alb[m] = o.col0[obj[m]] * tex[:, None]
+                alb[m] = np.take(o.col0, obj[m], axis=0) * tex[:, None]
             else:  # poles, lamps, plain
-                alb[m] = o.col0[obj[m]]
+                alb[m] = np.take(o.col0, obj[m], axis=0)
                 spec[m] = 0.05
         if c.snow:
             upw = np.clip((-n[:, 2] - 0.6) / 0.3, 0.0, 1.0)
@@ -302,10 +304,10 @@ class Renderer:
 
     def _facade(self, p, n, foot, obj):
         o = self.scene.objects
-        par = o.params[obj]
+        par = np.take(o.params, obj, axis=0)
         fh, ws, wwf, whf, gh, band, top, shop = par.T
-        org = o.origin[obj]
-        wall, trim, roof = o.col0[obj], o.col1[obj], o.col2[obj]
+        org = np.take(o.origin, obj, axis=0)
+        wall, trim, roof = np.take(o.col0, obj, axis=0), np.take(o.col1, obj, axis=0), np.take(o.col2, obj, axis=0)
         nh = np.hypot(n[:, 0], n[:, 1])
         tx, ty = -n[:, 1] / np.maximum(nh, 1e-6), n[:, 0] / np.maximum(nh, 1e-6)
         u = (p[:, 0] - org[:, 0]) * tx + (p[:, 1] - org[:, 1]) * ty
@@ -365,8 +367,8 @@ class Renderer:
 
     def _road(self, p, n, foot, obj):
         o = self.scene.objects
-        par = o.params[obj]
-        org, ax = o.origin[obj], o.axis_u[obj]
+        par = np.take(o.params, obj, axis=0)
+        org, ax = np.take(o.origin, obj, axis=0), np.take(o.axis_u, obj, axis=0)
         dx, dy = p[:, 0] - org[:, 0], p[:, 1] - org[:, 1]
         along = dx * ax[:, 0] + dy * ax[:, 1]
         across = -dx * ax[:, 1] + dy * ax[:, 0]
@@ -375,7 +377,7 @@ class Renderer:
         fine = 0.9 + 0.2 * noise2(p[:, 0] * 4.0, p[:, 1] * 4.0, seed=42)
         fdet = np.clip(1.0 - foot / 0.5, 0, 1)
         tex = tex * (fine * fdet + (1 - fdet))
-        out = o.col0[obj] * tex[:, None]
+        out = np.take(o.col0, obj, axis=0) * tex[:, None]
         # tar patches
         patch = noise2(p[:, 0] * 0.15 + 3.1, p[:, 1] * 0.15, seed=43) > 0.72
         out[patch] *= 0.75
@@ -404,7 +406,7 @@ class Renderer:
     def _sidewalk(self, p, n, foot, obj):
         o = self.scene.objects
         top = n[:, 2] < -0.7
-        org, ax = o.origin[obj], o.axis_u[obj]
+        org, ax = np.take(o.origin, obj, axis=0), np.take(o.axis_u, obj, axis=0)
         dx, dy = p[:, 0] - org[:, 0], p[:, 1] - org[:, 1]
         along = dx * ax[:, 0] + dy * ax[:, 1]
         across = -dx * ax[:, 1] + dy * ax[:, 0]
@@ -414,8 +416,8 @@ class Renderer:
         la = np.abs(np.mod(along / tile + 0.5, 1.0) - 0.5) * tile
         lc = np.abs(np.mod(across / tile + 0.5, 1.0) - 0.5) * tile
         grid = np.clip(_aa_line(la, 0.015, gfoot) + _aa_line(lc, 0.015, gfoot), 0, 1)
-        out = o.col0[obj] * tex[:, None] * (1 - 0.3 * grid)[:, None]
-        out[~top] = o.col1[obj[~top]] * tex[~top, None]
+        out = np.take(o.col0, obj, axis=0) * tex[:, None] * (1 - 0.3 * grid)[:, None]
+        out[~top] = np.take(o.col1, obj[~top], axis=0) * tex[~top, None]
         if self.cond.wetness > 0:
             out *= 1 - 0.35 * self.cond.wetness
         return out
@@ -438,19 +440,19 @@ class Renderer:
         leaf_n = noise3(p * 1.8, seed=71)
         tree_r = _hash(obj.astype(np.int64), seed=72)
         autumn_w = np.clip(c.veg_autumn * (0.55 + 0.9 * tree_r) * (0.7 + 0.6 * leaf_n), 0, 1)
-        col = _mix(o.col0[obj], o.col1[obj], autumn_w)
+        col = _mix(np.take(o.col0, obj, axis=0), np.take(o.col1, obj, axis=0), autumn_w)
         if c.season == "spring":
             col = col * np.array([1.35, 1.35, 1.0])
         bare = np.where(ever, 0.0, c.veg_bare * (0.6 + 0.4 * tree_r))
-        col = _mix(col, o.col2[obj] * 1.1, bare)
+        col = _mix(col, np.take(o.col2, obj, axis=0) * 1.1, bare)
         out = col * (0.55 + 0.8 * leaf_n)[:, None]
         return out
 
     def _sign(self, p, n, foot, obj):
         o = self.scene.objects
-        par = o.params[obj]
+        par = np.take(o.params, obj, axis=0)
         pattern, nst, w, h = par[:, 0].astype(int), par[:, 1], par[:, 2], par[:, 3]
-        org, u, face_n = o.origin[obj], o.axis_u[obj], o.axis_w[obj]
+        org, u, face_n = np.take(o.origin, obj, axis=0), np.take(o.axis_u, obj, axis=0), np.take(o.axis_w, obj, axis=0)
         a = np.clip(((p - org) * u).sum(1) / w, 0, 1)
         b = np.clip((org[:, 2] - p[:, 2]) / h, 0, 1)
         m = np.zeros(len(p))
@@ -477,21 +479,21 @@ class Renderer:
             m[s] = v
         detail = np.clip((w / np.maximum(nst, 2) / np.maximum(foot, 1e-4) - 1.0) / 2.0, 0, 1)
         m = m * detail + 0.5 * (1 - detail)
-        out = _mix(o.col1[obj], o.col0[obj], m) * 1.15
+        out = _mix(np.take(o.col1, obj, axis=0), np.take(o.col0, obj, axis=0), m) * 1.15
         back = (n * face_n).sum(1) < 0.3
-        out[back] = o.col2[obj[back]]
+        out[back] = np.take(o.col2, obj[back], axis=0)
         return out
 
     def _car(self, p, n, foot, obj):
         o = self.scene.objects
-        par = o.params[obj]
+        par = np.take(o.params, obj, axis=0)
         length, width, body_top = par[:, 0], par[:, 1], par[:, 2]
-        org, ax = o.origin[obj], o.axis_u[obj]
+        org, ax = np.take(o.origin, obj, axis=0), np.take(o.axis_u, obj, axis=0)
         dx, dy = p[:, 0] - org[:, 0], p[:, 1] - org[:, 1]
         along = dx * ax[:, 0] + dy * ax[:, 1]
         across = -dx * ax[:, 1] + dy * ax[:, 0]
         h = -p[:, 2]
-        out = o.col0[obj].copy()
+        out = np.take(o.col0, obj, axis=0).copy()
         spec = np.full(len(p), 0.12)
         glass = (h > body_top + 0.06) & (n[:, 2] > -0.7)
         out[glass] = np.array([0.05, 0.06, 0.07])
@@ -540,7 +542,8 @@ class Renderer:
         if len(miss):
             img[miss] = self.sky(d[miss])
         if len(hit):
-            dh, th, nh, oh = d[hit], t[hit].astype(np.float32), nrm[hit].astype(np.float32), obj[hit]
+            dh, th = np.take(d, hit, axis=0), np.take(t, hit).astype(np.float32)
+            nh, oh = np.take(nrm, hit, axis=0).astype(np.float32), np.take(obj, hit)
             p = (t0 + dh * th[:, None]).astype(np.float32)
             foot = th * np.float32(self.pixel_angle)
             alb, spec = self.albedo(p, nh, dh, foot, oh)
@@ -626,7 +629,8 @@ def lidar_scans(scene: RunScene, cond, config, run_index: int, T_local_laser: np
     """
     B = len(T_local_laser)
     d_l = np.column_stack([np.cos(LMS_ANGLES), np.sin(LMS_ANGLES), np.zeros(LMS_POINTS_PER_SCAN)])
-    dirs = np.einsum("bij,kj->bki", T_local_laser[:, :3, :3], d_l).reshape(-1, 3)
+    R = T_local_laser[:, :3, :3]
+    dirs = (R[:, None, :, 0] * d_l[None, :, 0, None] + R[:, None, :, 1] * d_l[None, :, 1, None]).reshape(-1, 3)
     origins = np.repeat(T_local_laser[:, :3, 3], LMS_POINTS_PER_SCAN, axis=0)
     t, obj, nrm = scene.cast(origins, np.ascontiguousarray(dirs))
     valid = (obj >= 0) & (t <= config.lidar_max_range_m)
