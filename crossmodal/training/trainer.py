@@ -1,0 +1,372 @@
+"""Teacher training loop (``scripts/train_teacher.py``; config ``configs/train_teacher.yaml``).
+
+:func:`train_teacher(cfg, run_dir)` builds the teacher (``cfg.teacher``), the data (``cfg.data``; the modalities
+the teacher reads), the loss (``cfg.teacher_loss``), the optimiser and schedule (``cfg.optimizer``) and trains for
+``cfg.trainer.epochs`` epochs:
+
+- batches of mutual-positive pairs (:class:`~crossmodal.data.PositivePairBatchSampler`); one optimiser step per
+  batch, through :func:`~crossmodal.training.multistage.forward_backward` (multi-stage backprop for batches larger
+  than ``trainer.max_chunk``);
+- batch expansion (MinkLoc3D): after an epoch whose share of non-zero triplets (summed over its batches) is below
+  ``trainer.batch_expansion_th``, the sampler's batch grows by ``batch_expansion_rate`` up to
+  ``batch_size_limit``;
+- MultiStepLR stepped once per epoch;
+- validation Recall@1 / @1% on the validation sets every ``val_every`` epochs (and after the last one), used to
+  keep ``best.pt``; ``last.pt`` every epoch; the CSV log ``metrics.csv`` rewritten every epoch;
+- at the end, the best checkpoint is evaluated once on the evaluation (test) sets, and ``summary.json`` written.
+
+Resume (``resume=true``: the newest ``last.pt`` among the sibling run folders of the same teacher, or
+``trainer.resume=<last.pt or run folder>``) restores model, optimiser, scheduler, batch size, RNG states, best
+figures and history, after checking the model class, state-dict layout and config
+(:func:`~crossmodal.training.checkpoint.check_compatible`); on CPU with the same seed it ends with the same metrics
+as an uninterrupted run. The resumed run writes into its own run folder (history and ``best.pt`` carried over).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import crossmodal
+from preprocessing.io import atomic_path, atomic_write_json, atomic_write_text
+
+from .checkpoint import (
+    FORMAT,
+    check_compatible,
+    class_name,
+    fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .multistage import forward_backward, move_batch
+from .optim import group_lrs
+from .validation import evaluate, load_eval_sets
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("epoch", "loss", "non_zero_fraction", "num_triplets", "batch_size", "steps", "samples", "val_r1",
+               "val_r1p", "train_time_s", "val_time_s", "epoch_time_s")
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """``configs/trainer/*.yaml``.
+
+    Attributes:
+        epochs: length of the schedule (MultiStepLR milestones count in epochs).
+        max_epochs: stop once this many epochs are completed (time-boxing or a deliberate interruption; a
+            resumed run continues up to ``epochs``); null: no limit.
+        seed: torch / numpy / python seed (model initialisation); the data order and augmentation use
+            ``data.seed``.
+        device: ``cpu`` or ``cuda``; threads: ``torch.set_num_threads`` (null: torch's default).
+        max_chunk: multi-stage backprop above this many items per batch (null: never).
+        batch_expansion_th, batch_expansion_rate, batch_size_limit: batch expansion (th null: off).
+        val_every: validate every n epochs (always after the last one).
+        eval_test: evaluate the best checkpoint on the evaluation sets at the end.
+        max_steps_per_epoch: cut epochs short (smoke tests, benchmarks); null: full epochs.
+        progress: tqdm bars.
+        resume: ``last.pt`` (or a run folder holding one) to continue from; see also the top-level ``resume``.
+    """
+
+    epochs: int = 60
+    max_epochs: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    max_chunk: int | None = None
+    batch_expansion_th: float | None = None
+    batch_expansion_rate: float = 1.4
+    batch_size_limit: int | None = None
+    val_every: int = 1
+    eval_test: bool = True
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"trainer.epochs must be at least 1, got {self.epochs}")
+        if self.val_every < 1:
+            raise ValueError(f"trainer.val_every must be at least 1, got {self.val_every}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_modalities(model: nn.Module) -> tuple[str, ...]:
+    """What a teacher reads: ``image`` if it has an ``image`` branch, ``cloud`` if a ``cloud`` branch."""
+    mods = tuple(m for m in ("image", "cloud") if isinstance(getattr(model, m, None), nn.Module))
+    if not mods:
+        raise ValueError(f"{class_name(model)} has neither an 'image' nor a 'cloud' branch; set `modalities` "
+                         f"in the config explicitly")
+    return mods
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def find_resume_checkpoint(cfg: Any, run_dir: Path, tcfg: TrainerConfig) -> Path | None:
+    """``trainer.resume`` (a file or a run folder), else with ``resume: true`` the newest ``last.pt`` among
+    ``run_dir``'s sibling folders (same teacher), ``run_dir`` included."""
+    if tcfg.resume:
+        p = Path(str(tcfg.resume))
+        p = p / "last.pt" if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"trainer.resume={tcfg.resume}: no checkpoint at {p}")
+        return p
+    if not bool(cfg.get("resume", False)):
+        return None
+    candidates = [p for p in run_dir.parent.glob("*/last.pt") if p.is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"resume=true but no run folder under {run_dir.parent} holds a last.pt; start "
+                                f"without resume, or give trainer.resume=<path to last.pt>")
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    if src.resolve() == dst.resolve():
+        return
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    extra = sorted({k for row in history for k in row if k not in CSV_COLUMNS and k.startswith("lr_")})
+    columns = list(CSV_COLUMNS[:5]) + extra + list(CSV_COLUMNS[5:])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def _dropped(datasets: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    return {split: dict(ds.skipped) for split, ds in datasets.items()}
+
+
+def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Train the teacher of ``cfg`` (composed ``configs/train_teacher.yaml``) writing into ``run_dir``; returns
+    the summary (also written to ``run_dir/summary.json``)."""
+    from hydra.utils import instantiate
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = _config_dict(cfg)
+    tcfg: TrainerConfig = instantiate(cfg.trainer, _convert_="all")
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+    device = torch.device(tcfg.device)
+    seed_everything(tcfg.seed)
+
+    model: nn.Module = instantiate(cfg.teacher).to(device)
+    name = name or type(model).__name__
+    modalities = cfg.get("modalities", "auto")
+    modalities = model_modalities(model) if modalities in (None, "auto") else tuple(modalities)
+    dm = instantiate(cfg.data, modalities=list(modalities))
+    loss_fn = instantiate(cfg.teacher_loss)
+    opt_cfg = instantiate(cfg.optimizer, _convert_="all")
+    optimizer, scheduler = opt_cfg.build(model)
+    groups = {g["name"]: (g["lr"], len(g["param_names"])) for g in opt_cfg.groups(model)}
+    log.info("teacher %s (%s): %.2f M parameters, modalities %s; loss %s; lr groups %s", name, class_name(model),
+             count_parameters(model) / 1e6, list(modalities), loss_fn.extra_repr(),
+             {k: f"{lr:g} ({n} tensors)" for k, (lr, n) in groups.items()})
+
+    train_loader = dm.train_loader()
+    sampler = train_loader.batch_sampler
+    val_ds = dm.dataset("val", augment=False)
+    val_loader = dm.eval_loader("val", masks=False)
+    val_sets = load_eval_sets(val_ds, "val")
+    datasets = {"train": dm.dataset("train"), "val": val_ds}
+    log.info("data %s: train %d rows (%d batches of %d), val %d rows (%d queries over %d runs)", dm.root,
+             len(datasets["train"]), len(sampler), sampler.batch_size, len(val_ds), val_sets.num_queries,
+             len(val_sets.query_rows))
+    for split, skipped in _dropped(datasets).items():
+        total = sum(skipped.values())
+        (log.warning if total else log.info)("dropped rows in %s: %d %s", split, total, skipped or "")
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start_epoch = 0
+    resumed_from = find_resume_checkpoint(cfg, run_dir, tcfg)
+    if resumed_from is not None:
+        ckpt = load_checkpoint(resumed_from, map_location=device)
+        check_compatible(ckpt, model, config, source=str(resumed_from))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        sampler.set_batch_size(int(ckpt["sampler"]["batch_size"]))
+        set_rng_state(ckpt["rng"])
+        history = list(ckpt.get("history", []))
+        best = ckpt.get("best")
+        start_epoch = int(ckpt["epoch"])
+        old_best = resumed_from.parent / "best.pt"
+        if old_best.is_file():
+            _copy_atomic(old_best, run_dir / "best.pt")
+        log.info("resumed from %s after epoch %d (batch size %d, best val R@1 %s)", resumed_from, start_epoch,
+                 sampler.batch_size, None if best is None else f"{best['val_r1']:.2f}")
+
+    from tqdm import tqdm
+
+    stopped_early = False
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, tcfg.epochs):
+        if tcfg.max_epochs is not None and epoch >= tcfg.max_epochs:
+            stopped_early = True
+            log.info("stopping after %d epochs (trainer.max_epochs); continue with resume=true", epoch)
+            break
+        dm.set_epoch(epoch)
+        model.train()
+        lrs = group_lrs(optimizer)
+        bs = sampler.batch_size
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "num_triplets": 0.0, "num_non_zero_triplets": 0.0}
+        steps = samples = 0
+        total_steps = len(sampler) if tcfg.max_steps_per_epoch is None else min(len(sampler),
+                                                                               tcfg.max_steps_per_epoch)
+        bar = tqdm(train_loader, total=total_steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
+                   disable=not tcfg.progress, dynamic_ncols=True)
+        for batch in bar:
+            if steps >= total_steps:
+                break
+            batch = move_batch(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss, stats = forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)
+            optimizer.step()
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"epoch {epoch + 1} step {steps + 1}: loss is {stats['loss']}")
+            steps += 1
+            samples += int(batch["indices"].shape[0])
+            for k in sums:
+                sums[k] += stats[k]
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", nz=f"{stats['non_zero_fraction']:.2f}", bs=bs)
+        bar.close()
+        scheduler.step()
+        train_time = time.perf_counter() - t0
+        nz_frac = sums["num_non_zero_triplets"] / sums["num_triplets"] if sums["num_triplets"] else 0.0
+
+        last_epoch = epoch + 1 == tcfg.epochs or (tcfg.max_epochs is not None and epoch + 1 >= tcfg.max_epochs)
+        val = None
+        t1 = time.perf_counter()
+        if (epoch + 1) % tcfg.val_every == 0 or last_epoch:
+            val = evaluate(model, val_loader, val_sets, device=device, progress=tcfg.progress, desc="validation")
+        val_time = time.perf_counter() - t1
+
+        new_bs = bs
+        if tcfg.batch_expansion_th is not None and steps and nz_frac < tcfg.batch_expansion_th:
+            new_bs = sampler.expand_batch(tcfg.batch_expansion_rate, tcfg.batch_size_limit)
+            if new_bs != bs:
+                log.info("non-zero triplets %.3f < %.3f: batch size %d -> %d", nz_frac,
+                         tcfg.batch_expansion_th, bs, new_bs)
+
+        row = {"epoch": epoch + 1, "loss": sums["loss"] / max(steps, 1), "non_zero_fraction": nz_frac,
+               "num_triplets": sums["num_triplets"] / max(steps, 1), "batch_size": bs, **lrs, "steps": steps,
+               "samples": samples, "val_r1": val["r1"] if val else float("nan"),
+               "val_r1p": val["r1p"] if val else float("nan"), "train_time_s": train_time, "val_time_s": val_time,
+               "epoch_time_s": time.perf_counter() - t0}
+        history.append(row)
+        improved = val is not None and (best is None or val["r1"] > best["val_r1"])
+        if improved:
+            best = {"epoch": epoch + 1, "val_r1": val["r1"], "val_r1p": val["r1p"], "val": val}
+        payload = {"format": FORMAT, "version": crossmodal.__version__, "model_class": class_name(model),
+                   "fingerprint": fingerprint(model.state_dict()), "config": config, "name": name,
+                   "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(),
+                   "sampler": {"batch_size": sampler.batch_size, "epoch": epoch + 1, "seed": sampler.seed},
+                   "rng": rng_state(), "metrics": row, "best": best, "history": history}
+        if improved:
+            save_checkpoint(run_dir / "best.pt", payload)
+        save_checkpoint(run_dir / "last.pt", payload)
+        _write_csv(run_dir / "metrics.csv", history)
+        log.info("epoch %d/%d: loss %.4f, non-zero %.3f, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
+                 epoch + 1, tcfg.epochs, row["loss"], nz_frac, bs,
+                 ", ".join(f"{k} {v:g}" for k, v in lrs.items()),
+                 f"{row['val_r1']:.2f}" if val else "-", f"{row['val_r1p']:.2f}" if val else "-", train_time,
+                 val_time, " *best*" if improved else "")
+
+    completed = history[-1]["epoch"] if history else 0
+    test = None
+    if tcfg.eval_test and not stopped_early and (run_dir / "best.pt").is_file():
+        test = evaluate_checkpoint_on_test(run_dir / "best.pt", model, dm, device, tcfg.progress)
+        if test is not None:
+            log.info("test (evaluation sets), best checkpoint (epoch %d): R@1 %.2f, R@1%% %.2f over %d run pairs",
+                     best["epoch"] if best else -1, test["r1"], test["r1p"], test["pairs"])
+    train_times = [r["train_time_s"] for r in history]
+    summary = {
+        "name": name, "model_class": class_name(model), "parameters": count_parameters(model),
+        "modalities": list(modalities), "version": crossmodal.__version__, "run_dir": str(run_dir),
+        "epochs_completed": completed, "epochs": tcfg.epochs, "finished": completed >= tcfg.epochs,
+        "best": None if best is None else {k: v for k, v in best.items() if k != "val"},
+        "best_val": None if best is None else best["val"],
+        "last": history[-1] if history else None, "test_best_checkpoint": test,
+        "final_batch_size": sampler.batch_size, "dropped_rows": _dropped(datasets),
+        "validation_missing": val_sets.missing,
+        "train_rows": len(datasets["train"]), "val_rows": len(val_ds),
+        "mean_epoch_train_time_s": float(np.mean(train_times)) if train_times else None,
+        "train_samples_per_s": (sum(r["samples"] for r in history) / sum(train_times)) if train_times and sum(
+            train_times) > 0 else None,
+        "wall_time_this_invocation_s": time.perf_counter() - t_run,
+        "resumed_from": None if resumed_from is None else str(resumed_from),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def evaluate_checkpoint_on_test(path: Path, model: nn.Module, dm, device: torch.device,
+                                progress: bool = False) -> dict[str, Any] | None:
+    """Recall of the checkpoint's weights on the evaluation sets (``split == "eval"``); None when the dataset
+    has no evaluation pickles."""
+    from preprocessing.errors import InputError
+
+    ckpt = load_checkpoint(path, map_location=device)
+    check_compatible(ckpt, model, None, source=str(path))
+    model.load_state_dict(ckpt["model"])
+    ds = dm.dataset("eval", augment=False)
+    try:
+        sets = load_eval_sets(ds, "eval")
+    except InputError as exc:
+        log.warning("no test figures: %s", exc)
+        return None
+    skipped = sum(ds.skipped.values())
+    if skipped:
+        log.warning("dropped rows in eval: %d %s", skipped, ds.skipped)
+    res = evaluate(model, dm.eval_loader("eval", masks=False), sets, device=device, progress=progress,
+                   desc="test")
+    res["epoch"] = int(ckpt["epoch"])
+    res["dropped_rows"] = dict(ds.skipped)
+    res["missing"] = sets.missing
+    return res
