@@ -42,6 +42,8 @@ class SubmapConfig:
     ground_threshold_m: float = 0.5
     ground_iterations: int = 200
     ground_max_tilt_deg: float = 30.0
+    #: RANSAC fits the ground on this many random points (0: all); inliers are then taken among all points.
+    ground_fit_points: int = 5000
     num_points: int = C.SUBMAP_POINTS
     voxel_start_m: float = 1.001
     voxel_step_m: float = 0.025
@@ -102,31 +104,38 @@ def segment_submaps(positions: np.ndarray, length_m: float, stride_m: float) -> 
 # Point-cloud processing
 
 def remove_ground(points: np.ndarray, threshold: float, iterations: int, max_tilt_deg: float,
-                  seed: int) -> np.ndarray:
+                  seed: int, fit_points: int = 0) -> np.ndarray:
     """Drop the inliers of the dominant near-horizontal plane (open3d RANSAC); returns the kept points.
 
-    A plane tilted more than ``max_tilt_deg`` from horizontal (a facade) is not the ground: its points are set
-    aside for the search (not removed) and the search repeats, at most three times.
+    The plane is fitted on a seeded random subset of ``fit_points`` points (0: all), then every point within
+    ``threshold`` of it is an inlier. A plane tilted more than ``max_tilt_deg`` from horizontal (a facade) is not
+    the ground: its points are set aside for the search (not removed) and the search repeats, at most 3 times.
     """
     import open3d as o3d
 
+    rng = np.random.default_rng(seed)
     candidates = np.arange(len(points))
     cos_tilt = np.cos(np.deg2rad(max_tilt_deg))
     for attempt in range(3):
         if len(candidates) < 3:
             break
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[candidates]))
+        fit = candidates
+        if 0 < fit_points < len(candidates):
+            fit = np.sort(rng.choice(candidates, fit_points, replace=False))
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[fit]))
         o3d.utility.random.seed(int(seed + attempt) % (2**31))
         # probability=1 disables open3d's early termination, whose outcome depends on OpenMP thread timing: with
         # it, the (pre-drawn, seeded) samples are all tried and the result is reproducible.
-        model, inliers = cloud.segment_plane(threshold, 3, iterations, probability=1.0)
-        inliers = np.asarray(inliers, np.int64)
-        normal = np.asarray(model[:3]) / max(np.linalg.norm(model[:3]), 1e-12)
-        if abs(normal[2]) >= cos_tilt:
+        model, _ = cloud.segment_plane(threshold, 3, iterations, probability=1.0)
+        model = np.asarray(model, float)
+        norm = max(np.linalg.norm(model[:3]), 1e-12)
+        distance = np.abs(points[candidates] @ model[:3] + model[3]) / norm
+        inliers = candidates[distance <= threshold]
+        if abs(model[2]) / norm >= cos_tilt:
             mask = np.ones(len(points), bool)
-            mask[candidates[inliers]] = False
+            mask[inliers] = False
             return points[mask]
-        candidates = np.delete(candidates, inliers)
+        candidates = np.setdiff1d(candidates, inliers, assume_unique=True)
     return points
 
 
@@ -185,7 +194,7 @@ def make_submap(points_local: np.ndarray, cfg: SubmapConfig, seed: int) -> tuple
     """
     rng = np.random.default_rng(seed)
     kept = remove_ground(points_local, cfg.ground_threshold_m, cfg.ground_iterations, cfg.ground_max_tilt_deg,
-                         seed)
+                         seed, cfg.ground_fit_points)
     if len(kept) < cfg.num_points:
         return None
     down = downsample_to(kept, cfg.num_points, cfg.voxel_start_m, cfg.voxel_step_m, rng)

@@ -363,3 +363,18 @@ def test_locations_csv_malformed_values(tmp_path, text):
 def test_locations_csv_missing(tmp_path):
     with pytest.raises(InputError, match="nothere.csv"):
         read_locations_csv(tmp_path / "nothere.csv")
+
+
+def test_remove_ground_on_a_subset_matches_the_full_fit():
+    rng = np.random.default_rng(3)
+    ground = np.column_stack([rng.uniform(-20, 20, 30000), rng.uniform(-20, 20, 30000), rng.normal(2.0, 0.05, 30000)])
+    wall = np.column_stack([rng.uniform(-20, 20, 8000), np.full(8000, 9.0), rng.uniform(-8, 1.0, 8000)])
+    pts = np.vstack([ground, wall])
+    full = remove_ground(pts, 0.5, 200, 30.0, seed=11, fit_points=0)
+    subset = remove_ground(pts, 0.5, 200, 30.0, seed=11, fit_points=2000)
+    again = remove_ground(pts, 0.5, 200, 30.0, seed=11, fit_points=2000)
+    assert np.array_equal(subset, again)
+    # the wall survives in both; they agree on all but a handful of points near the 0.5 m band
+    assert abs(len(full) - len(subset)) < 0.01 * len(pts)
+    assert (subset[:, 1] == 9.0).sum() == (full[:, 1] == 9.0).sum() == 8000  # the wall lies > 0.5 m above ground
+    assert len(subset) - 8000 < 0.001 * len(ground)  # almost every ground point removed
