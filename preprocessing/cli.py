@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -45,3 +46,18 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
     print(f"splits: {report.splits}; evaluation: {report.eval_sets}")
     print(f"report: {report.outputs.get('report')}; manifest: {report.outputs.get('manifest')}")
     return 0
+
+
+class CheckOutputWritable(Callback):
+    """Hydra callback: before Hydra creates the run directory, make sure it can; otherwise stop with a clear
+    message (Hydra itself would fail with a bare traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from preprocessing.io import output_error
+
+        run_dir = Path(str(config.hydra.run.dir))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: {output_error(run_dir, exc)}", file=sys.stderr)
+            sys.exit(2)

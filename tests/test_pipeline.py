@@ -341,3 +341,12 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert "raw data folder not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_reports_an_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess_oxford.py"), f"data_dir={blocker}",
+                          "synthetic=quick", "progress=false"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "cannot write" in res.stderr and str(blocker) in res.stderr and "Traceback" not in res.stderr
