@@ -56,3 +56,13 @@ def test_every_group_option_composes(primary, group, option, tmp_path):
     OmegaConf.resolve(cfg)
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert _instantiate_targets(node) >= 1, f"{group}={option} has no _target_ node"
+
+
+@pytest.mark.parametrize("preset", ["default", "quick"])
+def test_synthetic_yaml_mirrors_the_presets(preset):
+    from preprocessing.synthetic import SyntheticConfig
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("preprocess", overrides=[f"synthetic={preset}", "seed=0"])
+    assert cfg.synthetic.preset == preset
+    assert instantiate(cfg.synthetic.generator) == SyntheticConfig.preset(preset)
