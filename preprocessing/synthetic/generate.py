@@ -386,7 +386,9 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
                 "a synthetic-RobotCar worker process died (killed, out of memory, or - with the 'spawn' start method, "
                 "used when open3d is already imported - a calling script without an `if __name__ == '__main__':` "
                 "guard); re-run to resume (finished runs are kept) or pass workers=1") from exc
-        except BaseException:
+        except BaseException:  # a worker failed or the user interrupted: stop the others now
             for f in futs:
                 f.cancel()
+            for proc in list(getattr(pool, "_processes", {}).values()):  # no public API to stop running tasks
+                proc.terminate()
             raise
