@@ -257,3 +257,16 @@ def test_geodesy():
     _, el_summer = sun_position(dt.datetime(2015, 6, 21, 12, 0), lat, lon)
     az_dec, el_winter = sun_position(dt.datetime(2015, 12, 21, 12, 0), lat, lon)
     assert 61 < el_summer < 62.5 and 14 < el_winter < 15.5 and 170 < az_dec < 190
+
+
+def test_concurrent_generation_into_one_folder_is_refused(tiny):
+    from preprocessing.synthetic.generate import _lock_root
+
+    root, cfg, runs = tiny
+    held = _lock_root(root)
+    try:
+        with pytest.raises(OutputError, match="another synthetic-RobotCar generation"):
+            generate_synthetic_robotcar(root, cfg, workers=1, progress=False)
+    finally:
+        held.close()
+    assert generate_synthetic_robotcar(root, cfg, workers=1, progress=False) == runs  # all complete: no work

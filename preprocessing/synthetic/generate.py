@@ -289,6 +289,33 @@ def generate_synthetic_robotcar(root: str | Path, config: SyntheticConfig, worke
     except OSError as exc:
         raise output_error(root, exc) from exc
 
+    lock = _lock_root(root)
+    try:
+        return _generate_locked(root, config, route, names, digest, workers, progress, skips)
+    finally:
+        lock.close()
+
+
+def _lock_root(root: Path):
+    """An exclusive, non-blocking lock on ``root/.synthetic.lock`` (released when the handle is closed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        return open(os.devnull)
+    try:
+        fh = open(root / ".synthetic.lock", "a+")
+    except OSError as exc:
+        raise output_error(root / ".synthetic.lock", exc) from exc
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise OutputError(f"{root}: another synthetic-RobotCar generation is writing to this folder; wait for it "
+                          f"to finish (or stop it), or choose another output folder") from None
+    return fh
+
+
+def _generate_locked(root: Path, config: SyntheticConfig, route, names, digest, workers, progress, skips):
     for d in sorted(p for p in root.iterdir() if p.is_dir() and RUN_NAME_RE.match(p.name)):
         stamp = d / STAMP
         if not stamp.is_file():
