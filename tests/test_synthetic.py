@@ -148,7 +148,6 @@ def test_laser_round_trip_lands_on_scene_surfaces(tiny):
         cos = (np.trace(np.swapaxes(noisy_R, 1, 2) @ true_at_ins[:, :3, :3], axis1=1, axis2=2) - 1) / 2
         assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 1.0
         # 50 Hz samples of the true motion interpolate it closely (smooth trajectory, as the readers assume)
-        true_xyzrpy = np.column_stack([true_at_ins[:, :3, 3], written.xyzrpy[:, 3:] * 0])
         from preprocessing.robotcar.transforms import xyzrpy_from_se3
 
         true_xyzrpy = xyzrpy_from_se3(true_at_ins)
@@ -191,8 +190,6 @@ def test_runs_differ_in_appearance_not_in_static_geometry(tiny):
     local = (pts - route.origin).astype(np.float32)
     dist_a = sa.full.compute_distance(o3d.core.Tensor(local)).numpy()
     assert np.mean(dist_a < 1e-3) > 0.8
-    hit = sb.full.cast_rays(o3d.core.Tensor(np.zeros((1, 6), np.float32)))  # scenes are usable
-    assert hit["t_hit"].numpy().shape == (1,)
     kinds_a = set(np.unique(sa.objects.kind).tolist())
     assert {GRASS, ROAD, SIDEWALK, FACADE, CROWN} <= kinds_a
     # but the runs are not identical in geometry: parked cars move

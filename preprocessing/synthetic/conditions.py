@@ -65,7 +65,8 @@ class RunConditions:
     def summary(self) -> dict:
         return dict(run=self.name, season=self.season, weather=self.weather, snow=self.snow,
                     sun_azimuth_deg=round(self.sun_azimuth_deg, 2), sun_elevation_deg=round(self.sun_elevation_deg, 2),
-                    fog_visibility_m=None if not np.isfinite(self.fog_visibility_m) else round(self.fog_visibility_m, 1),
+                    fog_visibility_m=(None if not np.isfinite(self.fog_visibility_m)
+                                      else round(self.fog_visibility_m, 1)),
                     veg_density=round(self.veg_density, 3), exposure_bias=round(self.exposure_bias, 3),
                     white_balance=[round(float(v), 3) for v in self.white_balance])
 

@@ -188,7 +188,8 @@ def generate_run(root: str | Path, config: SyntheticConfig, run_index: int, nthr
     stamp = dict(
         config_hash=config.run_hash(), generator_version=GENERATOR_VERSION, run=cond.name, run_index=run_index,
         seed=config.seed, town_seed=config.town_seed, origin_utm=[float(v) for v in origin],
-        duration_s=round(traj.duration, 3), route_length_m=round(route.length, 3), cruise_speed_mps=round(traj.cruise, 3),
+        duration_s=round(traj.duration, 3), route_length_m=round(route.length, 3),
+        cruise_speed_mps=round(traj.cruise, 3),
         counts={"ins": int(len(ins_ts)), "lms_front": int(len(laser_ts)), "stereo_centre": int(len(cam_ts))},
         conditions=cond.summary(), config={k: v for k, v in config.to_dict().items() if k != "num_runs"},
     )

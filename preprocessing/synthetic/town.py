@@ -115,14 +115,16 @@ class _MeshBuilder:
         p = np.array([[cx, cy]])
         base = p + np.array([-a - b, a - b, a + b, -a + b])
         ridge = p + np.array([-a, a])
-        v = np.vstack([np.column_stack([base, np.full(4, z_base)]), np.column_stack([ridge, np.full(2, z_base - rise)])])
+        v = np.vstack([np.column_stack([base, np.full(4, z_base)]),
+                       np.column_stack([ridge, np.full(2, z_base - rise)])])
         faces = np.array([[0, 1, 5], [0, 5, 4], [2, 3, 4], [2, 4, 5], [1, 2, 5], [3, 0, 4], [0, 3, 2], [0, 2, 1]])
         self.add(v, faces, obj)
 
     def prism(self, cx, cy, radius, z_top, z_bottom, obj, sides=6) -> None:
         ang = np.arange(sides) * 2 * np.pi / sides
         ring = np.column_stack([cx + radius * np.cos(ang), cy + radius * np.sin(ang)])
-        v = np.vstack([np.column_stack([ring, np.full(sides, z_bottom)]), np.column_stack([ring, np.full(sides, z_top)])])
+        v = np.vstack([np.column_stack([ring, np.full(sides, z_bottom)]),
+                       np.column_stack([ring, np.full(sides, z_top)])])
         faces = []
         for i in range(sides):
             j = (i + 1) % sides
@@ -544,7 +546,8 @@ def _add_tree(rng, objs, mesh, crowns, p, small=False) -> None:
     mesh.prism(p[0], p[1], 0.14 if small else 0.2, zc, 0.0, tid)
     for b in range(4):  # branches, visible when the crown is bare
         ang = rng.uniform(0, 2 * np.pi)
-        end = np.array([p[0] + np.cos(ang) * rh * 0.75, p[1] + np.sin(ang) * rh * 0.75, zc - rv * rng.uniform(0.1, 0.6)])
+        end = np.array([p[0] + np.cos(ang) * rh * 0.75, p[1] + np.sin(ang) * rh * 0.75,
+                        zc - rv * rng.uniform(0.1, 0.6)])
         mesh.segment_box((p[0], p[1], -trunk_h + 0.2 - 0.3 * b), end, 0.05, tid)
     jitter = 1.0 + 0.12 * (rng.random(len(_ICO_V)) - 0.5)
     v = _ICO_V * jitter[:, None] * np.array([rh, rh, rv]) + np.array([p[0], p[1], zc])
