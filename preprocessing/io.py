@@ -10,7 +10,7 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,17 +30,22 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}; {hint}")
 
 
+def _temporary_name(path: Path) -> Path:
+    """``.<name>.<pid>-<thread>.tmp`` beside ``path``: unique per writer without ``mkstemp``'s cost, and matched by
+    :func:`clean_stale_temporaries`."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on failure removed."""
     path = Path(path)
+    tmp = _temporary_name(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(path, exc) from exc
-    tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

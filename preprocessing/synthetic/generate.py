@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.errors import OutputError, SkipLog
-from preprocessing.io import atomic_write_json, atomic_write_text, clean_stale_temporaries, output_error
+from preprocessing.io import atomic_write_bytes, atomic_write_json, atomic_write_text, clean_stale_temporaries, \
+    output_error
 from preprocessing.robotcar.constants import EXTRINSICS, INS_COLUMNS, RUN_NAME_RE
 from preprocessing.synthetic.config import GENERATOR_VERSION, SyntheticConfig
 
@@ -43,26 +44,6 @@ UTM_ZONE_STR = "30U"
 
 # ----------------------------------------------------------------------------------------------------------------
 # bulk atomic writes
-
-def _write_atomic_fast(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``.<name>.tmp`` next to ``path`` and rename it into place.
-
-    Same guarantee as :func:`preprocessing.io.atomic_write_bytes` (a file is either absent or complete; leftovers
-    match ``clean_stale_temporaries``' pattern) without ``mkstemp``'s random-name cost, which dominated writing
-    tens of thousands of scans. Safe here because one run folder is written by exactly one process.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise output_error(path, exc) from exc
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # timestamps
@@ -162,7 +143,7 @@ def generate_run(root: str | Path, config: SyntheticConfig, run_index: int, nthr
         poses = traj.sensor_poses_local((ts - cond.start_us) / 1e6, "lms_front")
         xy, refl = lidar_scans(scene, cond, config, run_index, poses, b0)
         for k, t in enumerate(ts.tolist()):
-            _write_atomic_fast(scan_dir / f"{t}.bin", lms_scan_bytes(xy[k], refl[k]))
+            atomic_write_bytes(scan_dir / f"{t}.bin", lms_scan_bytes(xy[k], refl[k]))
         if progress is not None:
             progress(len(ts))
     write_timestamps(run_dir / "lms_front.timestamps", laser_ts)
@@ -178,7 +159,7 @@ def generate_run(root: str | Path, config: SyntheticConfig, run_index: int, nthr
         ok, enc = cv2.imencode(".png", raw, _PNG_PARAMS)
         if not ok:
             raise RuntimeError(f"PNG encoding failed for frame {t} of {cond.name}")
-        _write_atomic_fast(cam_dir / f"{t}.png", enc.tobytes())
+        atomic_write_bytes(cam_dir / f"{t}.png", enc.tobytes())
         done += 1
         if progress is not None and (done == CAMERA_BATCH or k == len(cam_ts) - 1):
             progress(done)
