@@ -256,7 +256,7 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
     raw_root = Path(sources.raw_root) if sources.raw_root else None
     ext_dir = sources.extrinsics_dir or (str(raw_root / "extrinsics") if raw_root and (raw_root / "extrinsics")
                                          .is_dir() else None)
-    bench = Path(sources.benchmark_root) if sources.benchmark_root else out / "benchmark_datasets"
+    bench = out / "benchmark_datasets"
     oxford = bench / "oxford"
     skips = SkipLog()
     executor = _executor(workers)
@@ -264,8 +264,7 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
         # 1. submaps
         t0 = time.perf_counter()
         if sources.benchmark_root:
-            if not oxford.is_dir():
-                raise InputError(f"{oxford}: not found; `benchmark_root` must hold PointNetVLAD's oxford/<run>/ folders")
+            _link_benchmark(Path(sources.benchmark_root), oxford)
             runs = sorted(p.name for p in oxford.iterdir() if p.is_dir() and C.RUN_NAME_RE.match(p.name))
             report.runs = runs
         else:
@@ -326,6 +325,24 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
     md, js = report.write(out)
     report.outputs.update({"report": str(md), "report_json": str(js)})
     return report
+
+
+def _link_benchmark(benchmark_root: Path, oxford: Path) -> None:
+    """Use an existing ``benchmark_datasets/oxford`` through a symlink in the output: its clouds are read, never
+    modified, and the pickles written next to the link resolve their relative paths as upstream expects."""
+    source = (benchmark_root / "oxford").resolve()
+    if not source.is_dir():
+        raise InputError(f"{benchmark_root / 'oxford'}: not found; `benchmark_root` must be PointNetVLAD's "
+                         f"benchmark_datasets folder (holding oxford/<run>/pointcloud_20m*/)")
+    if oxford.is_symlink() and oxford.resolve() == source:
+        return
+    if oxford.exists() or oxford.is_symlink():
+        raise InputError(f"{oxford}: already exists and is not a link to {source}; choose another output folder")
+    oxford.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        oxford.symlink_to(source, target_is_directory=True)
+    except OSError as exc:
+        raise output_error(oxford, exc) from exc
 
 
 def _locations(oxford: Path, runs: list[str], csv: str) -> pd.DataFrame:

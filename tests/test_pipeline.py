@@ -350,3 +350,25 @@ def test_cli_reports_an_unwritable_output_folder(tmp_path):
                           "synthetic=quick", "progress=false"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert "cannot write" in res.stderr and str(blocker) in res.stderr and "Traceback" not in res.stderr
+
+
+def test_existing_benchmark_and_images_are_reused_read_only(tiny_processed, tmp_path):
+    """Users with PointNetVLAD's benchmark_datasets (and MinkLoc++ images) skip the steps they already have."""
+    raw, out, _ = tiny_processed
+    before = _snapshot(out)
+    bench_only = preprocess(Sources(raw_root=str(raw), benchmark_root=str(out / "benchmark_datasets")),
+                            tmp_path / "a", splits=tiny_splits(), workers=1, progress=False)
+    assert bench_only.runs_reused == [] and bench_only.images_written > 0
+    both = preprocess(Sources(benchmark_root=str(out / "benchmark_datasets"), image_root=str(out / "images")),
+                      tmp_path / "b", splits=tiny_splits(), workers=1, progress=False)
+    assert both.images_written == 0
+    assert _snapshot(out) == before  # the user's folders are not modified
+    for new in (tmp_path / "a", tmp_path / "b"):
+        assert (new / "benchmark_datasets" / "oxford").is_symlink()
+        for name in PICKLES.values():
+            assert (new / "benchmark_datasets" / name).read_bytes() == (out / "benchmark_datasets" / name).read_bytes()
+        table, meta = read_manifest(new)
+        ref, _ = read_manifest(out)
+        assert table.drop(columns=["image"]).equals(ref.drop(columns=["image"]))
+        assert all((Path(meta["benchmark_root"]) / c).is_file() for c in table["cloud"])
+        assert all((Path(meta["image_root"]) / i).is_file() for i in table["image"])
