@@ -224,39 +224,52 @@ class CoordinateManager:
             bounds = torch.bincount(k, minlength=volume).cumsum(0)
             return KernelMap(order, inverse[order], [0] + bounds.tolist())
 
-        offsets = kernel_offsets(kernel_size) * in_key.stride
-        if int(offsets.abs().max()) >= COORD_LIMIT:
-            raise ValueError(f"kernel offsets up to {int(offsets.abs().max())} exceed the coordinate range")
-        deltas = offset_hash(offsets).tolist()
+        step = in_key.stride
+        axis = kernel_offsets(kernel_size)[:kernel_size, 0] * step  # per-axis offsets (x of the first row)
+        if int(axis.abs().max()) >= COORD_LIMIT:
+            raise ValueError(f"kernel offsets up to {int(axis.abs().max())} exceed the coordinate range")
         in_h, out_h = self._hashes[in_key.index], self._hashes[out_key.index]
+        # Offsets sharing (dx, dy) form a "column" whose dz span one window of the z-sorted keys: one search per
+        # column finds the window, the K keys after it are checked directly. Kernel index k = c + K² iz with
+        # column c = ix + K iy (ME order). For an odd stride-1 kernel, pairs(-d) = swap(pairs(d)): only columns
+        # c <= K²//2 are searched, the others mirrored (k -> volume-1-k); the centre offset is the identity.
+        columns = kernel_size ** 2
         symmetric = in_key == out_key and kernel_size % 2 == 1
         centre = volume // 2 if symmetric else None
-        searched = range(volume // 2) if symmetric else range(volume)
-        pairs: dict[int, tuple[Tensor, Tensor]] = {}
-        for k in searched:
-            pairs[k] = _match(in_h, out_h + deltas[k])
-            if symmetric:
-                # Offset -d is kernel index volume-1-k; its pairs are the pairs of +d with roles exchanged.
-                pairs[volume - 1 - k] = (pairs[k][1], pairs[k][0])
-        if symmetric:
-            empty = torch.empty(0, dtype=torch.long, device=in_h.device)
-            pairs[centre] = (empty, empty)
-        order = range(volume)
-        in_rows = torch.cat([pairs[k][0] for k in order])
-        out_rows = torch.cat([pairs[k][1] for k in order])
-        sizes = [pairs[k][0].numel() for k in order]
-        bounds = [0]
-        for s in sizes:
-            bounds.append(bounds[-1] + s)
-        return KernelMap(in_rows, out_rows, bounds, centre)
+        ks, ins, outs = [], [], []
+        for c in range(columns // 2 + 1 if symmetric else columns):
+            dx, dy = int(axis[c % kernel_size]), int(axis[c // kernel_size])
+            iz, in_rows, out_rows = _match_column(in_h, out_h + (dx * _FIELD + dy) * _FIELD, int(axis[0]), step,
+                                                  kernel_size)
+            k = c + columns * iz
+            if symmetric and c == columns // 2:
+                keep = k != centre
+                k, in_rows, out_rows = k[keep], in_rows[keep], out_rows[keep]
+            elif symmetric:
+                ks.append(volume - 1 - k)
+                ins.append(out_rows)
+                outs.append(in_rows)
+            ks.append(k)
+            ins.append(in_rows)
+            outs.append(out_rows)
+        k = torch.cat(ks)
+        order = torch.argsort(k, stable=True)
+        bounds = torch.bincount(k, minlength=volume).cumsum(0)
+        return KernelMap(torch.cat(ins)[order], torch.cat(outs)[order], [0] + bounds.tolist(), centre)
 
 
-def _match(keys: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows ``(i, j)`` with ``keys[i] == queries[j]``; ``keys`` sorted and unique."""
-    if keys.numel() == 0 or queries.numel() == 0:
+def _match_column(keys: Tensor, base: Tensor, z_low: int, step: int, kernel_size: int) -> tuple[Tensor, ...]:
+    """Matches of queries ``base + z`` for ``z = z_low, z_low + step, ... (kernel_size values)`` in sorted unique
+    ``keys``: returns ``(iz, key row, query row)``. The matches of one query are consecutive keys starting at
+    ``searchsorted(keys, base + z_low)`` (z is the lowest hash field), so at most ``kernel_size`` keys are checked."""
+    n = keys.numel()
+    if n == 0 or base.numel() == 0:
         empty = torch.empty(0, dtype=torch.long, device=keys.device)
-        return empty, empty
-    pos = torch.searchsorted(keys, queries)
-    pos.clamp_(max=keys.numel() - 1)
-    j = torch.nonzero(keys[pos] == queries).squeeze(1)
-    return pos[j], j
+        return empty, empty, empty
+    start = torch.searchsorted(keys, base + z_low)
+    pos = start[None, :] + torch.arange(kernel_size, device=keys.device)[:, None]
+    inside = pos < n
+    pos.clamp_(max=n - 1)
+    dz = keys[pos] - base[None, :] - z_low  # >= 0; a multiple of step when in the same (b, x, y) column
+    j, row = torch.nonzero(inside & (dz <= (kernel_size - 1) * step), as_tuple=True)
+    return torch.div(dz[j, row], step, rounding_mode="floor"), pos[j, row], row
