@@ -13,6 +13,7 @@ ratio built-in / MinkowskiEngine when ME is installed. The backends alternate ba
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -93,11 +94,15 @@ def main() -> None:
             continue
         models[name] = MinkLoc3D(backend=name).to(device)
         models[name].load_state_dict(reference.state_dict())
+    load_before = os.getloadavg()[0]
     rows = run(models, batches, device, args.warmup)
+    load_after = os.getloadavg()[0]
 
     print(f"\nMinkLoc3D branch, {args.batch} clouds x {args.points} points, quantization {args.quantization} "
           f"(mean {voxels:.0f} voxels), device {device}, {torch.get_num_threads()} threads, "
           f"median of {args.iters} batches")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, 1-min load average {load_before:.1f} before, "
+          f"{load_after:.1f} after (this process adds up to {torch.get_num_threads()})")
     print(f"{'backend':<10} {'forward s':>10} {'backward+step s':>16} {'total s':>8} {'maps s':>7}")
     for name, r in rows.items():
         maps = "n/a" if r["maps"] != r["maps"] else f"{r['maps']:.3f}"
