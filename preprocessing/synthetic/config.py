@@ -24,10 +24,11 @@ DEFAULT_ROUTE = [
     [5734950.0, 620300.0],
     [5734950.0, 620540.0],
 ]
-#: Quick route: a straight 600 m street through P3 and into P2.
+#: Quick route: a straight 600 m street through the P3 square and into P2 (about half of it outside the squares,
+#: so the quick size has training as well as test places).
 QUICK_ROUTE = [
-    [5735000.0, 620540.0],
-    [5735600.0, 620540.0],
+    [5734880.0, 620540.0],
+    [5735480.0, 620540.0],
 ]
 
 
