@@ -131,7 +131,9 @@ class MinkowskiBackend:
         self.me = import_minkowski()
         self.device = torch.device(device)
         map_type = self.me.CoordinateMapType.CUDA if self.device.type == "cuda" else self.me.CoordinateMapType.CPU
-        self.manager = self.me.CoordinateManager(D=3, coordinate_map_type=map_type)
+        # ME's manager sets the process-wide OpenMP thread count (default: all cores); keep torch's setting.
+        self.manager = self.me.CoordinateManager(D=3, num_threads=torch.get_num_threads(),
+                                                 coordinate_map_type=map_type)
         self._generators: dict[tuple[int, int], Any] = {}
         self._batch_rows: dict[tuple, tuple[Tensor, int]] = {}
         self._mode = importlib.import_module("MinkowskiEngineBackend._C").ConvolutionMode.DEFAULT
