@@ -7,6 +7,15 @@ from crossmodal.models import MinkLoc3D, load_minkowski_state_dict
 from crossmodal.sparse import sparse_quantize
 
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def small_batch(num_clouds: int = 3, points: int = 400, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     clouds = [torch.rand(points, 3, generator=g) * 2 - 1 for _ in range(num_clouds)]

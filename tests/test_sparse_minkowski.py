@@ -13,6 +13,15 @@ pytestmark = [
 ]
 
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def random_batch(seed: int, n: int = 300, batches: int = 3, extent: int = 8):
     g = torch.Generator().manual_seed(seed)
     c = torch.cat([torch.randint(0, batches, (n, 1), generator=g), torch.randint(-extent, extent, (n, 3), generator=g)], 1)
