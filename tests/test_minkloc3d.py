@@ -7,7 +7,6 @@ from crossmodal.models import MinkLoc3D, load_minkowski_state_dict
 from crossmodal.sparse import sparse_quantize
 
 
-
 @pytest.fixture(autouse=True)
 def single_thread():
     """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""

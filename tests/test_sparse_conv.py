@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossmodal.sparse import SparseConv3d, SparseConvTranspose3d, kernel_offsets, sparse_tensor
+from crossmodal.sparse import (
+    SparseConv3d,
+    SparseConvTranspose3d,
+    kernel_offsets,
+    sparse_tensor,
+)
 
 B, D = 2, 6  # batch items, dense grid side
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from crossmodal.models import MinkLoc3D
-from crossmodal.sparse import SparseConv3d, SparseConvTranspose3d, minkowski_available, sparse_quantize, sparse_tensor
+from crossmodal.sparse import (
+    SparseConv3d,
+    SparseConvTranspose3d,
+    minkowski_available,
+    sparse_quantize,
+    sparse_tensor,
+)
 
 pytestmark = [
     pytest.mark.minkowski,

@@ -7,7 +7,13 @@ Weights use MinkowskiEngine's layout ``[kernel_volume, in_channels, out_channels
 both backends, so modules and ME checkpoints are interchangeable.
 """
 
-from .backends import BACKENDS, minkowski_available, new_backend, resolve_backend, sparse_tensor
+from .backends import (
+    BACKENDS,
+    minkowski_available,
+    new_backend,
+    resolve_backend,
+    sparse_tensor,
+)
 from .coords import CoordinateKey, CoordinateManager, KernelMap, kernel_offsets
 from .modules import (
     GeM,

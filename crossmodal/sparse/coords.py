@@ -137,7 +137,6 @@ class CoordinateManager:
         self.device = torch.device(device)
         self.map_seconds = 0.0
         self._hashes: list[Tensor] = []
-        self._strides: list[int] = []
         self._children: dict[CoordinateKey, tuple[CoordinateKey, Tensor, Tensor]] = {}
         self._kernel_maps: dict[tuple, KernelMap] = {}
         self._batch_rows: dict[CoordinateKey, tuple[Tensor, int]] = {}
@@ -158,7 +157,6 @@ class CoordinateManager:
 
     def _add(self, sorted_hashes: Tensor, stride: int) -> CoordinateKey:
         self._hashes.append(sorted_hashes)
-        self._strides.append(stride)
         return CoordinateKey(len(self._hashes) - 1, stride)
 
     def coordinates(self, key: CoordinateKey) -> Tensor:

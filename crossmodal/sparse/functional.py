@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import Tensor
 
@@ -24,7 +26,7 @@ def gather_gemm_scatter(feats: Tensor, kernel: Tensor, kmap: KernelMap, num_out:
     if kmap.in_rows.numel() == 0:
         return out
     bounds = kmap.bounds
-    sizes = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    sizes = [hi - lo for lo, hi in pairwise(bounds)]
     for k, gathered in enumerate(feats.index_select(0, kmap.in_rows).split(sizes)):
         if sizes[k]:
             out.index_add_(0, kmap.out_rows[bounds[k]:bounds[k + 1]], gathered @ kernel[k])

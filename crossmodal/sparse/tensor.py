@@ -15,7 +15,7 @@ class SparseTensor:
     of :attr:`coords`. Build one with :func:`crossmodal.sparse.sparse_tensor`.
     """
 
-    __slots__ = ("feats", "key", "backend")
+    __slots__ = ("backend", "feats", "key")
 
     def __init__(self, feats: Tensor, key: Any, backend: Any):
         if feats.dim() != 2:
