@@ -9,6 +9,7 @@ See configs/train_teacher.yaml and docs/teacher.md.
 """
 
 import logging
+import os
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_teacher")
 def main(cfg) -> None:
+    if cfg.trainer.get("deterministic", False):
+        # before torch loads: MKL reads these once (crossmodal.training.trainer.TrainerConfig.deterministic)
+        os.environ.update({"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})
     from crossmodal.training import train_teacher
     from preprocessing.io import record_run
 

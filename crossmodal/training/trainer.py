@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -60,6 +61,9 @@ from .validation import evaluate, load_eval_sets
 
 log = logging.getLogger(__name__)
 
+#: Environment for bit-reproducible CPU training (read by MKL when it loads; set before importing torch).
+DETERMINISTIC_ENV = {"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
+
 CSV_COLUMNS = ("epoch", "loss", "non_zero_fraction", "num_triplets", "batch_size", "steps", "samples", "val_r1",
                "val_r1p", "train_time_s", "val_time_s", "epoch_time_s")
 
@@ -82,6 +86,12 @@ class TrainerConfig:
         max_steps_per_epoch: cut epochs short (smoke tests, benchmarks); null: full epochs.
         progress: tqdm bars.
         resume: ``last.pt`` (or a run folder holding one) to continue from; see also the top-level ``resume``.
+        deterministic: bit-reproducible CPU runs (and so resumes): one thread, and MKL pinned to one code path
+            (:data:`DETERMINISTIC_ENV`, which ``scripts/train_teacher.py`` sets before torch loads). Without it the
+            sparse convolutions' kernel gradients differ between processes by ~1e-6 (relative; MKL's GEMM depends
+            on memory alignment, and results also vary with 2 threads), so two runs, or a run and its
+            resumption, drift apart slowly. Much slower (one thread); meant for tests and audits. No effect on
+            CUDA.
     """
 
     epochs: int = 60
@@ -98,6 +108,7 @@ class TrainerConfig:
     max_steps_per_epoch: int | None = None
     progress: bool = True
     resume: str | None = None
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -188,7 +199,13 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     config = _config_dict(cfg)
     tcfg: TrainerConfig = instantiate(cfg.trainer, _convert_="all")
-    if tcfg.threads:
+    if tcfg.deterministic:
+        wrong = {k: os.environ.get(k) for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
+        if wrong:
+            log.warning("trainer.deterministic: environment %s differs from %s; set it before Python starts "
+                        "(scripts/train_teacher.py does) for bit-reproducible runs", wrong, DETERMINISTIC_ENV)
+        torch.set_num_threads(1)
+    elif tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
     device = torch.device(tcfg.device)
     seed_everything(tcfg.seed)

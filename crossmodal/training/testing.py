@@ -1,0 +1,51 @@
+"""Helpers for tests and examples: validation / evaluation pickles for a fake manifest
+(:func:`crossmodal.data.fake.write_fake_manifest` writes no pickles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.manifest import read_manifest
+from preprocessing.splits import evaluation_sets
+from preprocessing.upstream import write_pickle
+
+from .validation import SET_PICKLES
+
+
+def write_eval_pickles(root: str | Path, radius_m: float = 25.0) -> dict[str, Path]:
+    """Write ``oxford_{validation,evaluation}_{database,query}.pickle`` for the manifest in ``root`` as
+    preprocessing does: validation = the ``20m_10overlap`` ``val`` rows (all queries), evaluation = the ``20m``
+    rows (queries: ``is_query``). Returns the written paths."""
+    table, meta = read_manifest(root)
+    bench = Path(meta["benchmark_root"])
+    written = {}
+    for split, family in (("val", "20m_10overlap"), ("eval", "20m")):
+        rows = table[(table["split"] == split) & (table["submap_set"] == family)]
+        cloud_of = dict(zip(zip(rows["run"], rows["timestamp"]), rows["cloud"]))
+        qmask = np.ones(len(rows), bool) if split == "val" else rows["is_query"].to_numpy(bool)
+        sets = evaluation_sets(rows, lambda r, t: cloud_of[(r, t)], qmask, radius_m)
+        for name, obj in zip(SET_PICKLES[split], (sets.database, sets.query)):
+            write_pickle(bench / name, obj)
+            written[name] = bench / name
+    return written
+
+
+#: Overrides that make a teacher tiny and fast (seconds per epoch on the fake manifest), per teacher choice.
+TINY_DATA = ["data.quantization_size=0.2", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0",
+             "trainer.progress=false"]
+TINY_CLOUD = ["teacher.cloud.planes=[8,8,8]", "teacher.cloud.feature_size=16"]
+
+
+def tiny_overrides(teacher: str = "fusion") -> list[str]:
+    return [f"teacher={teacher}"] + TINY_DATA + (TINY_CLOUD if teacher in ("fusion", "lidar") else [])
+
+
+def compose_train_teacher(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False):
+    """``configs/train_teacher.yaml`` composed with ``overrides`` (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        return compose("train_teacher", overrides=list(overrides), return_hydra_config=return_hydra_config)
