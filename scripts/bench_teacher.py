@@ -61,12 +61,14 @@ def main() -> None:
               f"{r['step_s']:.2f} | {r['load_samples_per_s']:.0f} | {vox} |")
     if mem:
         cuda = any("cuda_step_peak_mb" in m for m in mem.values())
-        print("\n| teacher | batch | peak RSS (MB) | step growth of peak RSS (MB) |" + (" CUDA step peak (MB) |"
-                                                                                    if cuda else ""))
-        print("|---|---:|---:|---:|" + ("---:|" if cuda else ""))
+        print("\n| teacher | batch | RSS before step (MB) | peak RSS during step (MB) | step extra (MB) |"
+              + (" CUDA step peak (MB) |" if cuda else ""))
+        print("|---|---:|---:|---:|---:|" + ("---:|" if cuda else ""))
         for (teacher, bs), m in mem.items():
             extra = f" {m['cuda_step_peak_mb']:.0f} |" if cuda else ""
-            print(f"| {teacher} | {bs} | {m['peak_rss_mb']:.0f} | {m['step_rss_mb']:.0f} |{extra}")
+            before = "-" if m["rss_before_step_mb"] is None else f"{m['rss_before_step_mb']:.0f}"
+            print(f"| {teacher} | {bs} | {before} | {m['step_peak_rss_mb']:.0f} | {m['step_extra_mb']:.0f} |{extra}"
+                  + ("" if m["method"] == "VmHWM" else " (ru_maxrss)"))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import crossmodal
-from crossmodal.training import CheckpointMismatchError, check_compatible, fingerprint, load_checkpoint
-from crossmodal.training.checkpoint import FORMAT, class_name, config_differences, save_checkpoint
+from crossmodal.training import (
+    CheckpointMismatchError,
+    check_compatible,
+    fingerprint,
+    load_checkpoint,
+)
+from crossmodal.training.checkpoint import (
+    FORMAT,
+    class_name,
+    config_differences,
+    save_checkpoint,
+)
 from crossmodal.training.testing import compose_train_teacher, tiny_overrides
 
 

@@ -5,11 +5,14 @@ of the dataset's training split (the sampler's pairs, the training augmentation,
 collated before timing, after ``warmup`` untimed steps; samples/s = items / seconds. Data loading (reading,
 augmenting and collating the same batches in the main process) is timed separately.
 
-Memory (CPU): a fresh Python process per (teacher, batch size) builds the model, collates one batch, records
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set so far), runs one training step and records it
-again; ``peak_rss_mb`` is the process's peak, ``step_rss_mb`` the growth of the peak caused by the step (a lower
-bound of the step's extra memory when earlier peaks were higher; glibc may keep freed memory, so it is also an
-upper bound of the live tensors). On CUDA: ``torch.cuda.max_memory_allocated`` around the step.
+Memory (CPU): a fresh Python process per (teacher, batch size) builds the model and optimiser, collates one batch,
+then resets the kernel's peak-RSS mark (``5`` written to ``/proc/self/clear_refs``), runs one training step and
+reads ``VmHWM`` from ``/proc/self/status``: ``step_peak_rss_mb`` is the peak resident memory of the process during
+the step (model, optimiser state, batch, activations, gradients, the allocator's cached blocks and the ~0.6 GB of
+the imported libraries included), ``step_extra_mb`` that peak minus the resident memory just before the step.
+``resource.getrusage(...).ru_maxrss`` is not used: a forked child inherits the parent's mark. Where ``/proc`` is
+missing, ``ru_maxrss`` of the child is reported instead (an upper bound). On CUDA also
+``torch.cuda.max_memory_allocated`` around the step (``cuda_step_peak_mb``, above what was allocated before).
 """
 
 from __future__ import annotations
@@ -27,6 +30,26 @@ import torch
 
 from .multistage import forward_backward, move_batch
 from .testing import compose_train_teacher
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _maxrss_mb() -> float:
@@ -100,12 +123,16 @@ def throughput(teacher: str, dataset_dir: str, batch_size: int, steps: int = 3, 
 def step_memory(teacher: str, dataset_dir: str, batch_size: int, device: str = "cpu",
                 max_chunk: int | None = None, overrides: list[str] = ()) -> dict[str, Any]:
     """Run in a fresh process (see module doc)."""
-    cfg, model, dm, loss_fn, opt = build(teacher, dataset_dir, batch_size, list(overrides))
+    _, model, dm, loss_fn, opt = build(teacher, dataset_dir, batch_size, list(overrides))
     dev = torch.device(device)
     model.to(dev).train()
     (b,), _ = batches(dm, 1, batch_size)
     b = move_batch(b, dev)
-    before = _maxrss_mb()
+    import gc
+
+    gc.collect()
+    before = _status_mb("VmRSS")
+    reset = _reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,8 +140,12 @@ def step_memory(teacher: str, dataset_dir: str, batch_size: int, device: str = "
     opt.zero_grad(set_to_none=True)
     forward_backward(model, b, loss_fn, loss_fn.outputs, max_chunk)
     opt.step()
-    out = {"teacher": teacher, "batch_size": batch_size, "peak_rss_mb": _maxrss_mb(),
-           "step_rss_mb": _maxrss_mb() - before, "max_chunk": max_chunk}
+    peak = _status_mb("VmHWM") if reset else None
+    if peak is None or before is None:
+        out = {"step_peak_rss_mb": _maxrss_mb(), "step_extra_mb": float("nan"), "method": "ru_maxrss"}
+    else:
+        out = {"step_peak_rss_mb": peak, "step_extra_mb": peak - before, "method": "VmHWM"}
+    out.update({"teacher": teacher, "batch_size": batch_size, "rss_before_step_mb": before, "max_chunk": max_chunk})
     if dev.type == "cuda":
         torch.cuda.synchronize()
         out["cuda_step_peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -129,7 +160,8 @@ def step_memory_subprocess(teacher: str, dataset_dir: str, batch_size: int, thre
             f"{max_chunk!r}, {list(overrides)!r})))")
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                          check=False)
     if proc.returncode:
         raise RuntimeError(f"memory probe failed (teacher {teacher}, batch {batch_size}):\n{proc.stderr[-3000:]}")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("@@"))

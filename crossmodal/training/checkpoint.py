@@ -77,7 +77,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated or foreign file
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file: any unpickling error
         raise CheckpointMismatchError(f"{path}: cannot read a checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path}: not a crossmodal teacher checkpoint (format "

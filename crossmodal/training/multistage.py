@@ -54,9 +54,7 @@ def split_batch(batch: Mapping[str, Any], start: int, stop: int) -> dict[str, An
             continue
         if key.endswith("_mask") and isinstance(value, Tensor) and value.dim() == 2 and value.shape == (b, b):
             out[key] = value[start:stop, start:stop]
-        elif isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == b:
-            out[key] = value[start:stop]
-        elif isinstance(value, list) and len(value) == b:
+        elif isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == b or isinstance(value, list) and len(value) == b:
             out[key] = value[start:stop]
         else:
             out[key] = value

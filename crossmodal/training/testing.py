@@ -25,7 +25,7 @@ def write_eval_pickles(root: str | Path, radius_m: float = 25.0) -> dict[str, Pa
         rows = table[(table["split"] == split) & (table["submap_set"] == family)]
         cloud_of = dict(zip(zip(rows["run"], rows["timestamp"]), rows["cloud"]))
         qmask = np.ones(len(rows), bool) if split == "val" else rows["is_query"].to_numpy(bool)
-        sets = evaluation_sets(rows, lambda r, t: cloud_of[(r, t)], qmask, radius_m)
+        sets = evaluation_sets(rows, lambda r, t, paths=cloud_of: paths[(r, t)], qmask, radius_m)
         for name, obj in zip(SET_PICKLES[split], (sets.database, sets.query)):
             write_pickle(bench / name, obj)
             written[name] = bench / name

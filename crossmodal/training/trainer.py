@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
@@ -282,7 +281,7 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
                 break
             batch = move_batch(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            loss, stats = forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)
+            _, stats = forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)
             optimizer.step()
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"epoch {epoch + 1} step {steps + 1}: loss is {stats['loss']}")
