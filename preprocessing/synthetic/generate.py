@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -370,9 +369,9 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
     import multiprocessing as mp
     import queue as _queue
 
-    # fork is fast and safe while open3d (which starts threads) has not been loaded in this process
-    method = "fork" if sys.platform.startswith("linux") and "open3d" not in sys.modules else "spawn"
-    ctx = mp.get_context(method)
+    # spawn, never fork: a forked child of a process whose libraries already started threads (OpenCV, open3d,
+    # torch...) can deadlock; the bench script importing cv2 first hung that way.
+    ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
                                 initargs=(q,)) as pool:
@@ -392,9 +391,9 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
                     f.result()  # re-raise a worker's exception
         except cf.process.BrokenProcessPool as exc:
             raise RuntimeError(
-                "a synthetic-RobotCar worker process died (killed, out of memory, or - with the 'spawn' start method, "
-                "used when open3d is already imported - a calling script without an `if __name__ == '__main__':` "
-                "guard); re-run to resume (finished runs are kept) or pass workers=1") from exc
+                "a synthetic-RobotCar worker process died (killed, out of memory, or a calling script without an "
+                "`if __name__ == '__main__':` guard, which 'spawn' workers need); re-run to resume (finished runs are "
+                "kept) or pass workers=1") from exc
         except BaseException:  # a worker failed or the user interrupted: stop the others now
             for f in futs:
                 f.cancel()
