@@ -48,6 +48,17 @@ def tiny_processed(tmp_path_factory, tiny_raw):
 
 
 @pytest.fixture
+def single_thread():
+    """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def raw_copy(tmp_path, tiny_raw):
     dst = tmp_path / "raw"
     shutil.copytree(tiny_raw, dst)

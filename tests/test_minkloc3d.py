@@ -7,13 +7,7 @@ from crossmodal.models import MinkLoc3D, load_minkowski_state_dict
 from crossmodal.sparse import sparse_quantize
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 def small_batch(num_clouds: int = 3, points: int = 400, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

@@ -14,19 +14,12 @@ from crossmodal.sparse import (
 
 pytestmark = [
     pytest.mark.minkowski,
+    pytest.mark.usefixtures("single_thread"),
     pytest.mark.skipif(not minkowski_available(), reason="MinkowskiEngine is not installed "
                                                          "(scripts/install_minkowskiengine.sh builds it)"),
 ]
 
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Correctness tests on small inputs: one thread avoids OpenMP spin-waits on a busy CPU (see docs/sparse.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def random_batch(seed: int, n: int = 300, batches: int = 3, extent: int = 8):
     g = torch.Generator().manual_seed(seed)
