@@ -32,7 +32,7 @@ from preprocessing.robotcar.extrinsics import ins_from_laser
 from preprocessing.robotcar.ins import read_ins
 from preprocessing.robotcar.timestamps import existing_frames, read_timestamps
 from preprocessing.splits import SplitConfig, assign_training_splits, evaluation_sets, in_test_squares, \
-    training_tuples
+    select_runs, training_tuples
 from preprocessing.submaps import SubmapConfig, build_run_submaps, load_run_scans, read_locations_csv, \
     write_locations_csv
 from preprocessing.upstream import TrainingTuple, load_pickle, write_pickle, write_training_tuples
@@ -308,8 +308,8 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
             if raw_root is None:
                 raise InputError("image pairing needs the raw camera frames: set `source.raw_root`, or point "
                                  "`source.image_root` at a folder holding lidar2image_ndx.pickle")
-            pairs = _pair_and_convert(raw_root, runs, all_submaps, image_root, pairing, sources, executor, skips,
-                                      report, progress)
+            pairs = _pair_and_convert(raw_root, runs, all_submaps, image_root, max(1, workers), pairing, sources,
+                                      executor, skips, report, progress)
         report.pairs = sum(bool(pairs.get((r, int(t))) and pairs[(r, int(t))].image_ts)
                            for loc in (train_loc, eval_loc) for r, t in zip(loc["run"], loc["timestamp"]))
         report.timings_s["images"] = time.perf_counter() - t0
@@ -368,7 +368,7 @@ def _pairs_from_index(index: dict, submaps: list[tuple[str, int]], image_root: P
 
 
 def _pair_and_convert(raw_root: Path, runs: list[str], submaps: list[tuple[str, int]], image_root: Path,
-                      cfg: PairingConfig, sources: Sources, executor, skips: SkipLog, report: Report,
+                      workers: int, cfg: PairingConfig, sources: Sources, executor, skips: SkipLog, report: Report,
                       progress: bool) -> dict:
     frames = {}
     for run in runs:
@@ -397,7 +397,8 @@ def _pair_and_convert(raw_root: Path, runs: list[str], submaps: list[tuple[str, 
         todo.append((str(raw_root / run / "stereo" / "centre" / f"{t}.png"), str(dst)))
     atomic_write_json(image_root / IMAGE_STAMP, cfg.image_key())
     failed = set()
-    chunk = max(1, min(64, len(todo) // (8 * max(1, getattr(executor, "_max_workers", 1))) or 1))
+    # about 8 batches per worker, at most 64 frames each: a smooth progress bar without per-frame overhead
+    chunk = max(1, min(64, len(todo) // (8 * workers)))
     batches = [(todo[i:i + chunk], cfg.mode, lut, cfg.downsample) for i in range(0, len(todo), chunk)]
     bar_total = len(batches)
     for result in _map(executor, convert_frames, batches, "images", progress, total=bar_total):
@@ -436,8 +437,6 @@ def _write_splits(bench: Path, image_root: Path, out: Path, train_loc: pd.DataFr
     if drop_unpaired:
         train_loc = train_loc[paired(train_loc)].reset_index(drop=True)
         eval_loc = eval_loc[paired(eval_loc)].reset_index(drop=True)
-    from preprocessing.splits import select_runs
-
     eval_runs = select_runs(eval_loc["run"].unique().tolist(), cfg.test_runs)
     eval_loc = eval_loc[eval_loc["run"].isin(eval_runs)].reset_index(drop=True)
 
