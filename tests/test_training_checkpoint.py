@@ -104,7 +104,7 @@ def test_config_differences():
 
 def test_not_a_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointMismatchError, match="not a crossmodal teacher checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match="not a crossmodal checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
     (tmp_path / "y.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointMismatchError, match="cannot read"):

@@ -3,6 +3,7 @@ and the training loop behind ``scripts/train_teacher.py`` (see ``docs/teacher.md
 
 from .checkpoint import (
     CheckpointMismatchError,
+    build_model,
     check_compatible,
     fingerprint,
     load_checkpoint,
@@ -21,6 +22,7 @@ __all__ = [
     "OptimizerConfig",
     "TeacherLoss",
     "TrainerConfig",
+    "build_model",
     "check_compatible",
     "embed",
     "evaluate",

@@ -1,7 +1,7 @@
 """Training checkpoints: atomic save, architecture/config checks, resume state.
 
 A checkpoint (``torch.save`` of a dict, written to a temporary file and renamed) holds:
-``format``, ``version`` (``crossmodal.__version__``), ``model_class`` (``module.QualName``), ``fingerprint``
+``format``, ``role`` (``teacher`` / ``student``: also the key of the model config in ``config``), ``version`` (``crossmodal.__version__``), ``model_class`` (``module.QualName``), ``fingerprint``
 (SHA-256 of the state dict's sorted ``key:shape:dtype`` lines), ``config`` (the resolved run config as a plain
 dict), ``epoch`` (epochs completed), ``model`` (state dict), ``optimizer``, ``scheduler``, ``sampler``
 (``{"batch_size", "epoch"}``), ``rng`` (torch / numpy / python states), ``metrics`` (this epoch's row),
@@ -25,7 +25,11 @@ from torch import nn
 
 from preprocessing.io import atomic_write_with
 
-FORMAT = "crossmodal-teacher-checkpoint/1"
+FORMAT = "crossmodal-checkpoint/1"
+#: Older teacher checkpoints (read as ``role: teacher``).
+LEGACY_FORMATS = ("crossmodal-teacher-checkpoint/1",)
+#: What a checkpoint holds: ``role`` is also the key of the model's ``_target_`` config in ``config``.
+ROLES = ("teacher", "student")
 
 #: Config keys (dotted prefixes) that may change between an interrupted run and its resumption: run control,
 #: paths, loader performance settings.
@@ -71,7 +75,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     atomic_write_with(path, lambda tmp: torch.save(dict(payload), tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    expect_role: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -79,11 +84,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file: any unpickling error
         raise CheckpointMismatchError(f"{path}: cannot read a checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointMismatchError(f"{path}: not a crossmodal teacher checkpoint (format "
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, *LEGACY_FORMATS):
+        raise CheckpointMismatchError(f"{path}: not a crossmodal checkpoint (format "
                                       f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
                                       f"expected {FORMAT!r})")
+    ckpt.setdefault("role", "teacher")
+    if expect_role is not None and ckpt["role"] != expect_role:
+        raise CheckpointMismatchError(f"{path}: a {ckpt['role']} checkpoint ({ckpt.get('model_class')}) where a "
+                                      f"{expect_role} checkpoint is expected")
     return ckpt
+
+
+def build_model(ckpt: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
+    """The model a checkpoint describes: ``instantiate(config[role])``, with its weights unless told not to."""
+    from hydra.utils import instantiate
+
+    role = ckpt.get("role", "teacher")
+    cfg = (ckpt.get("config") or {}).get(role)
+    if not isinstance(cfg, Mapping) or "_target_" not in cfg:
+        raise CheckpointMismatchError(f"checkpoint ({ckpt.get('model_class')}) has no config.{role}._target_ to "
+                                      f"build its model from")
+    model = instantiate(dict(cfg))
+    if load_weights:
+        check_compatible(ckpt, model, None, source=f"{role} checkpoint")
+        model.load_state_dict(ckpt["model"])
+    return model
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

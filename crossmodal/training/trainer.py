@@ -318,7 +318,7 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
         improved = val is not None and (best is None or val["r1"] > best["val_r1"])
         if improved:
             best = {"epoch": epoch + 1, "val_r1": val["r1"], "val_r1p": val["r1p"], "val": val}
-        payload = {"format": FORMAT, "version": crossmodal.__version__, "model_class": class_name(model),
+        payload = {"format": FORMAT, "role": "teacher", "version": crossmodal.__version__, "model_class": class_name(model),
                    "fingerprint": fingerprint(model.state_dict()), "config": config, "name": name,
                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(),
