@@ -169,8 +169,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    extra = sorted({k for row in history for k in row if k not in CSV_COLUMNS and k.startswith("lr_")})
-    columns = list(CSV_COLUMNS[:5]) + extra + list(CSV_COLUMNS[5:])
+    lr = sorted({k for row in history for k in row if k not in CSV_COLUMNS and k.startswith("lr_")})
+    parts = sorted({k for row in history for k in row if k.startswith("loss_")})
+    columns = list(CSV_COLUMNS[:2]) + parts + list(CSV_COLUMNS[2:5]) + lr + list(CSV_COLUMNS[5:])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -189,38 +190,71 @@ def _dropped(datasets: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     return {split: dict(ds.skipped) for split, ds in datasets.items()}
 
 
+def setup_run(tcfg: TrainerConfig) -> torch.device:
+    """Threads, determinism warning and seeds of a run; returns its device."""
+    if tcfg.deterministic:
+        wrong = {k: os.environ.get(k) for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
+        if wrong:
+            log.warning("trainer.deterministic: environment %s differs from %s; set it before Python starts "
+                        "(the scripts do) for bit-reproducible runs", wrong, DETERMINISTIC_ENV)
+        torch.set_num_threads(1)
+    elif tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+    seed_everything(tcfg.seed)
+    return torch.device(tcfg.device)
+
+
 def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dict[str, Any]:
     """Train the teacher of ``cfg`` (composed ``configs/train_teacher.yaml``) writing into ``run_dir``; returns
     the summary (also written to ``run_dir/summary.json``)."""
     from hydra.utils import instantiate
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = _config_dict(cfg)
     tcfg: TrainerConfig = instantiate(cfg.trainer, _convert_="all")
-    if tcfg.deterministic:
-        wrong = {k: os.environ.get(k) for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
-        if wrong:
-            log.warning("trainer.deterministic: environment %s differs from %s; set it before Python starts "
-                        "(scripts/train_teacher.py does) for bit-reproducible runs", wrong, DETERMINISTIC_ENV)
-        torch.set_num_threads(1)
-    elif tcfg.threads:
-        torch.set_num_threads(int(tcfg.threads))
-    device = torch.device(tcfg.device)
-    seed_everything(tcfg.seed)
-
+    device = setup_run(tcfg)
     model: nn.Module = instantiate(cfg.teacher).to(device)
-    name = name or type(model).__name__
     modalities = cfg.get("modalities", "auto")
     modalities = model_modalities(model) if modalities in (None, "auto") else tuple(modalities)
     dm = instantiate(cfg.data, modalities=list(modalities))
     loss_fn = instantiate(cfg.teacher_loss)
+
+    def step(batch: dict[str, Any], epoch: int) -> dict[str, float]:
+        return forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)[1]
+
+    log.info("teacher %s: modalities %s; loss %s", name or type(model).__name__, list(modalities),
+             loss_fn.extra_repr())
+    return fit(cfg, run_dir, role="teacher", model=model, dm=dm, step=step, tcfg=tcfg, device=device, name=name,
+               extra_summary={"modalities": list(modalities)})
+
+
+def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step, tcfg: TrainerConfig,
+        device: torch.device, objective: nn.Module | None = None, name: str | None = None,
+        extra_summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training loop shared by teachers and students (module doc).
+
+    Args:
+        role: ``teacher`` / ``student`` (recorded in the checkpoints).
+        model: the model trained, validated, checkpointed and tested.
+        dm: its :class:`~crossmodal.data.PlaceDataModule`.
+        step: ``step(batch, epoch) -> stats`` runs forward + backward of one batch (gradients accumulated;
+            ``fit`` zeroes them and steps the optimiser); ``stats`` holds at least ``loss``, ``num_triplets``,
+            ``num_non_zero_triplets`` and ``non_zero_fraction``.
+        objective: a loss module with parameters of its own (learnable curvature): optimised with the model
+            (optimizer prefix ``loss``; the model's parameters then have the prefix ``model``) and checkpointed.
+    """
+    from hydra.utils import instantiate
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = _config_dict(cfg)
+    name = name or type(model).__name__
+    trainable: nn.Module = model
+    if objective is not None and any(p.requires_grad for p in objective.parameters()):
+        trainable = nn.ModuleDict({"model": model, "loss": objective})
     opt_cfg = instantiate(cfg.optimizer, _convert_="all")
-    optimizer, scheduler = opt_cfg.build(model)
-    groups = {g["name"]: (g["lr"], len(g["param_names"])) for g in opt_cfg.groups(model)}
-    log.info("teacher %s (%s): %.2f M parameters, modalities %s; loss %s; lr groups %s", name, class_name(model),
-             count_parameters(model) / 1e6, list(modalities), loss_fn.extra_repr(),
-             {k: f"{lr:g} ({n} tensors)" for k, (lr, n) in groups.items()})
+    optimizer, scheduler = opt_cfg.build(trainable)
+    groups = {g["name"]: (g["lr"], len(g["param_names"])) for g in opt_cfg.groups(trainable)}
+    log.info("%s %s (%s): %.2f M parameters; lr groups %s", role, name, class_name(model),
+             count_parameters(model) / 1e6, {k: f"{lr:g} ({n} tensors)" for k, (lr, n) in groups.items()})
 
     train_loader = dm.train_loader()
     sampler = train_loader.batch_sampler
@@ -240,9 +274,11 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
     start_epoch = 0
     resumed_from = find_resume_checkpoint(cfg, run_dir, tcfg)
     if resumed_from is not None:
-        ckpt = load_checkpoint(resumed_from, map_location=device)
+        ckpt = load_checkpoint(resumed_from, map_location=device, expect_role=role)
         check_compatible(ckpt, model, config, source=str(resumed_from))
         model.load_state_dict(ckpt["model"])
+        if objective is not None and ckpt.get("objective"):
+            objective.load_state_dict(ckpt["objective"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         sampler.set_batch_size(int(ckpt["sampler"]["batch_size"]))
@@ -271,17 +307,18 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
         bs = sampler.batch_size
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "num_triplets": 0.0, "num_non_zero_triplets": 0.0}
+        extra_sums: dict[str, float] = {}
         steps = samples = 0
         total_steps = len(sampler) if tcfg.max_steps_per_epoch is None else min(len(sampler),
                                                                                tcfg.max_steps_per_epoch)
-        bar = tqdm(train_loader, total=total_steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", leave=False,
+        bar = tqdm(train_loader, total=total_steps, desc=f"{role} epoch {epoch + 1}/{tcfg.epochs}", leave=False,
                    disable=not tcfg.progress, dynamic_ncols=True)
         for batch in bar:
             if steps >= total_steps:
                 break
             batch = move_batch(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            _, stats = forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)
+            stats = step(batch, epoch)
             optimizer.step()
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"epoch {epoch + 1} step {steps + 1}: loss is {stats['loss']}")
@@ -289,6 +326,9 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
             samples += int(batch["indices"].shape[0])
             for k in sums:
                 sums[k] += stats[k]
+            for k in ("task", "distill"):
+                if k in stats:
+                    extra_sums[k] = extra_sums.get(k, 0.0) + stats[k]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", nz=f"{stats['non_zero_fraction']:.2f}", bs=bs)
         bar.close()
         scheduler.step()
@@ -314,22 +354,27 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
                "samples": samples, "val_r1": val["r1"] if val else float("nan"),
                "val_r1p": val["r1p"] if val else float("nan"), "train_time_s": train_time, "val_time_s": val_time,
                "epoch_time_s": time.perf_counter() - t0}
+        row.update({f"loss_{k}": v / max(steps, 1) for k, v in extra_sums.items()})
         history.append(row)
         improved = val is not None and (best is None or val["r1"] > best["val_r1"])
         if improved:
             best = {"epoch": epoch + 1, "val_r1": val["r1"], "val_r1p": val["r1p"], "val": val}
-        payload = {"format": FORMAT, "role": "teacher", "version": crossmodal.__version__, "model_class": class_name(model),
+        payload = {"format": FORMAT, "role": role, "version": crossmodal.__version__, "model_class": class_name(model),
                    "fingerprint": fingerprint(model.state_dict()), "config": config, "name": name,
                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(),
                    "sampler": {"batch_size": sampler.batch_size, "epoch": epoch + 1, "seed": sampler.seed},
-                   "rng": rng_state(), "metrics": row, "best": best, "history": history}
+                   "rng": rng_state(), "metrics": row, "best": best, "history": history,
+                   "input": input_spec(dm)}
+        if objective is not None:
+            payload["objective"] = objective.state_dict()
         if improved:
             save_checkpoint(run_dir / "best.pt", payload)
         save_checkpoint(run_dir / "last.pt", payload)
         _write_csv(run_dir / "metrics.csv", history)
-        log.info("epoch %d/%d: loss %.4f, non-zero %.3f, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
-                 epoch + 1, tcfg.epochs, row["loss"], nz_frac, bs,
+        log.info("epoch %d/%d: loss %.4f%s, non-zero %.3f, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
+                 epoch + 1, tcfg.epochs, row["loss"],
+                 "".join(f", {k} {row[f'loss_{k}']:.4f}" for k in extra_sums), nz_frac, bs,
                  ", ".join(f"{k} {v:g}" for k, v in lrs.items()),
                  f"{row['val_r1']:.2f}" if val else "-", f"{row['val_r1p']:.2f}" if val else "-", train_time,
                  val_time, " *best*" if improved else "")
@@ -343,8 +388,8 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
                      best["epoch"] if best else -1, test["r1"], test["r1p"], test["pairs"])
     train_times = [r["train_time_s"] for r in history]
     summary = {
-        "name": name, "model_class": class_name(model), "parameters": count_parameters(model),
-        "modalities": list(modalities), "version": crossmodal.__version__, "run_dir": str(run_dir),
+        "name": name, "role": role, "model_class": class_name(model), "parameters": count_parameters(model),
+        **dict(extra_summary or {}), "version": crossmodal.__version__, "run_dir": str(run_dir),
         "epochs_completed": completed, "epochs": tcfg.epochs, "finished": completed >= tcfg.epochs,
         "best": None if best is None else {k: v for k, v in best.items() if k != "val"},
         "best_val": None if best is None else best["val"],
@@ -360,6 +405,25 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def input_spec(dm) -> dict[str, Any]:
+    """What a deployed model expects: the image size (None: the dataset files' size) and normalisation."""
+    from crossmodal.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    size = dm.image_size
+    if size is None:
+        try:
+            ds = dm.dataset("val", augment=False)
+            if len(ds) and ds.image_paths[0] is not None:
+                from PIL import Image
+
+                with Image.open(ds.image_paths[0]) as im:
+                    size = (im.height, im.width)
+        except Exception:  # noqa: BLE001 - informative only; an unreadable first image is reported elsewhere
+            size = None
+    return {"image_size": None if size is None else [int(size[0]), int(size[1])], "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "mode": "RGB"}
 
 
 def evaluate_checkpoint_on_test(path: Path, model: nn.Module, dm, device: torch.device,
