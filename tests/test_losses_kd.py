@@ -213,15 +213,12 @@ def test_darkrank_rewards_copying_the_teachers_ranking(single_thread):
     wider = [fn(c * t, t).item() for c in (1.0, 1.5, 3.0)]
     assert wider[0] > wider[1] > wider[2] > 0
     # optimising a student from random moves it towards the teacher's ranking
-    s = rand(gen, 8, 6).requires_grad_(True)
-    opt = torch.optim.Adam([s], lr=0.1)
-    first = None
-    for _ in range(25):
-        opt.zero_grad()
-        loss = fn(s, t)
-        first = loss.item() if first is None else first
-        loss.backward()
-        opt.step()
+    s = rand(gen, 8, 6).requires_grad_(True)  # plain gradient descent (an optimizer's first step imports a lot)
+    first = fn(s, t).item()
+    for _ in range(40):
+        (grad,) = torch.autograd.grad(fn(s, t), s)
+        with torch.no_grad():
+            s -= 0.02 * grad
     assert fn(s, t).item() < 0.5 * first
 
 
