@@ -1,0 +1,1 @@
+"""End-to-end jobs behind the scripts (they sit above data, models, losses, training and evaluation)."""

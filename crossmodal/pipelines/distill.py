@@ -1,0 +1,304 @@
+"""``scripts/distill.py``: from a dataset to a distilled image-only student and its evaluation report.
+
+Stages (each logged, each with progress bars, each reusing finished work):
+
+1. **dataset**: ``dataset_dir`` must hold a preprocessed dataset (``manifest.parquet``); when it does not and
+   ``dataset.synthetic`` names a synthetic preset, the synthetic RobotCar is generated and preprocessed there first
+   (``scripts/preprocess_oxford.py synthetic=<preset>``).
+2. **teacher**: ``teacher_training.checkpoint`` is used as it is; otherwise ``configs/train_teacher.yaml`` is
+   composed with ``teacher=<choice>``, the dataset and ``teacher_training.overrides``, and trained in
+   ``teacher_training.dir/<teacher>-<config hash>/``. A finished teacher of the same config is reused; an
+   interrupted one is resumed. So a sweep over ``distill=`` and ``seed=`` trains its teacher once.
+3. **cache**: the teacher's outputs on the training rows (:mod:`crossmodal.training.teacher_cache`), reused while
+   valid (or ``cache.file`` as it is).
+4. **student, distilled**: :func:`~crossmodal.training.student.train_student` into ``<run dir>/student``.
+5. **student alone** (``student_alone.enabled``): the same student with the task loss only, in
+   ``student_alone.dir/<student>-<config hash>/``, shared by every ``distill=`` choice of the same student, data,
+   optimiser, trainer and seed (with ``distill=none`` the distilled student *is* the student alone).
+6. **evaluation**: every model on the test (evaluation) sets, students from images only, report in
+   ``<run dir>/evaluation/`` (:func:`crossmodal.evaluation.evaluate_checkpoints`) and a summary of the run
+   (``summary.json``, ``report.md``) in the run folder.
+
+Model selection always uses the validation split; the test sets are only evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from preprocessing.io import atomic_write_json, atomic_write_text, record_run
+
+log = logging.getLogger("distill")
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+#: Keys that do not change what a run computes (left out of the reuse hashes).
+RUN_CONTROL = ("resume", "trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.threads",
+               "trainer.device", "trainer.eval_test", "data_dir", "output_root", "log_level", "data.num_workers",
+               "data.eval_batch_size", "data.pin_memory", "data.persistent_workers")
+
+
+def compose_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """``configs/<name>.yaml`` composed with ``overrides`` (inside a running Hydra app or not)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=list(overrides))
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else copy.deepcopy(cfg)
+
+
+def config_hash(config: Mapping[str, Any], ignored: Sequence[str] = RUN_CONTROL) -> str:
+    """SHA-256 of the config without the run-control keys (what decides the result)."""
+    def strip(obj: Any, prefix: str) -> Any:
+        if isinstance(obj, Mapping):
+            return {k: strip(v, f"{prefix}{k}.") for k, v in sorted(obj.items())
+                    if f"{prefix}{k}" not in ignored}
+        return obj
+
+    return hashlib.sha256(json.dumps(strip(config, ""), sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def ensure_dataset(cfg: Any) -> Path:
+    """The preprocessed dataset folder, generated and preprocessed first when it is an absent synthetic one."""
+    from preprocessing.manifest import MANIFEST_NAME
+
+    root = Path(str(cfg.dataset_dir))
+    if (root / MANIFEST_NAME).is_file():
+        return root
+    preset = cfg.dataset.get("synthetic")
+    if not preset:
+        raise FileNotFoundError(f"{root}: no {MANIFEST_NAME}; preprocess the dataset first "
+                                f"(python scripts/preprocess_oxford.py source=oxford ...), or point dataset_dir at "
+                                f"a preprocessed folder")
+    from preprocessing.cli import run as preprocess_run
+
+    log.info("stage 1/6 dataset: %s has no %s: generating and preprocessing the synthetic RobotCar (%s)", root,
+             MANIFEST_NAME, preset)
+    pcfg = compose_config("preprocess", [f"synthetic={preset}", f"data_dir={root.parent}",
+                                         f"source.output_dir={root}", f"source.paths.raw_root={root / 'raw'}",
+                                         f"progress={bool(cfg.trainer.progress)}".lower()])
+    code = preprocess_run(pcfg, run_dir=root / "logs" / "preprocess" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    if code or not (root / MANIFEST_NAME).is_file():
+        raise RuntimeError(f"preprocessing {root} failed (exit code {code}); see the log above")
+    return root
+
+
+def teacher_config(cfg: Any, dataset_dir: Path, teacher_choice: str) -> Any:
+    overrides = [f"teacher={teacher_choice}", f"dataset_dir={dataset_dir}", f"output_root={cfg.output_root}",
+                 f"trainer.progress={bool(cfg.trainer.progress)}".lower(), *cfg.teacher_training.overrides]
+    tcfg = compose_config("train_teacher", overrides)
+    from omegaconf import OmegaConf
+
+    # the teacher the distill config describes wins over the group default (e.g. teacher.* overrides)
+    tcfg.teacher = OmegaConf.create(plain(cfg.teacher))
+    return tcfg
+
+
+def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Path | None, dict[str, Any] | None]:
+    """The teacher checkpoint to distil from (trained, reused or given) and its training summary if any."""
+    given = cfg.teacher_training.get("checkpoint")
+    if given:
+        path = Path(str(given))
+        path = path / "best.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher_training.checkpoint={given}: no checkpoint at {path}")
+        summary_file = path.parent / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        log.info("stage 2/6 teacher: using %s", path)
+        return path, summary
+    if cfg.cache.get("file"):
+        log.info("stage 2/6 teacher: none needed (cache.file=%s)", cfg.cache.file)
+        return None, None
+    from omegaconf import OmegaConf
+
+    from crossmodal.training import train_teacher
+
+    tcfg = teacher_config(cfg, dataset_dir, teacher_choice)
+    key = config_hash(plain(tcfg))[:12]
+    run_dir = Path(str(cfg.teacher_training.dir)) / f"{teacher_choice}-{key}"
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file() and (run_dir / "best.pt").is_file():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("finished"):
+            log.info("stage 2/6 teacher: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+            return run_dir / "best.pt", summary
+    if (run_dir / "last.pt").is_file():
+        log.info("stage 2/6 teacher: resuming the interrupted teacher in %s", run_dir)
+        tcfg.trainer.resume = str(run_dir / "last.pt")
+    else:
+        log.info("stage 2/6 teacher: training %s in %s", teacher_choice, run_dir)
+    OmegaConf.resolve(tcfg)
+    record_run(run_dir, tcfg)
+    summary = train_teacher(tcfg, run_dir, name=teacher_choice)
+    if not summary.get("finished"):
+        raise RuntimeError(f"teacher training in {run_dir} stopped before its last epoch; re-run to resume it")
+    return run_dir / "best.pt", summary
+
+
+def ensure_cache(cfg: Any, teacher_ckpt: Path | None, dataset_dir: Path):
+    from hydra.utils import instantiate
+
+    from crossmodal.training.teacher_cache import load_or_build_cache, read_cache
+
+    objective = instantiate(cfg.distill.objective)
+    if not objective.cache_outputs:
+        log.info("stage 3/6 cache: not needed (distill=%s reads no teacher outputs)", cfg.distill.name)
+        return None
+    if cfg.cache.get("file"):
+        cache = read_cache(str(cfg.cache.file))
+        log.info("stage 3/6 cache: %s as given (%d rows, %d view(s))", cfg.cache.file, len(cache.sample_ids),
+                 cache.views)
+        return cache
+    if teacher_ckpt is None:  # pragma: no cover - ensure_teacher returns one unless cache.file is set
+        raise ValueError("no teacher checkpoint and no cache.file")
+    outputs = cfg.cache.get("outputs")
+    cache, path, built = load_or_build_cache(
+        teacher_ckpt, dataset_dir, str(cfg.cache.dir), views=int(cfg.cache.views),
+        outputs=None if outputs is None else list(outputs), require=list(cfg.data.require),
+        device=cfg.trainer.device, batch_size=int(cfg.cache.batch_size), num_workers=int(cfg.data.num_workers),
+        rebuild=bool(cfg.cache.rebuild), progress=bool(cfg.trainer.progress))
+    log.info("stage 3/6 cache: %s %s", "built" if built else "reused", path)
+    return cache
+
+
+def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str, Any]]:
+    """The student trained alone for this student/data/optimiser/trainer/seed (reused across distill choices)."""
+    from omegaconf import OmegaConf
+
+    from crossmodal.training.student import train_student
+
+    acfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(acfg, False)
+    acfg.distill = OmegaConf.create({"name": "none", "objective": plain(cfg.student_alone.objective)})
+    relevant = {k: plain(acfg[k]) for k in ("student", "data", "optimizer", "trainer", "distill", "dataset_dir")}
+    key = config_hash(relevant)[:12]
+    run_dir = Path(str(cfg.student_alone.dir)) / f"{student_choice}-seed{cfg.seed}-{key}"
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file() and (run_dir / "best.pt").is_file():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("finished"):
+            log.info("stage 5/6 student alone: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+            return run_dir / "best.pt", summary
+    if (run_dir / "last.pt").is_file():
+        acfg.trainer.resume = str(run_dir / "last.pt")
+        log.info("stage 5/6 student alone: resuming %s", run_dir)
+    else:
+        log.info("stage 5/6 student alone: training in %s", run_dir)
+    record_run(run_dir, acfg)
+    summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone")
+    return run_dir / "best.pt", summary
+
+
+def _row(label: str, summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not summary:
+        return {"model": label}
+    test = summary.get("test_best_checkpoint") or {}
+    best = summary.get("best") or {}
+    return {"model": label, "val_r1": best.get("val_r1"), "best_epoch": best.get("epoch"),
+            "test_r1": test.get("r1"), "test_r1p": test.get("r1p"), "parameters": summary.get("parameters"),
+            "run_dir": summary.get("run_dir")}
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def write_run_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> None:
+    lines = [f"# Distillation run: distill={cfg.distill.name}, seed={cfg.seed}", "",
+             f"Dataset `{cfg.dataset_dir}`; selection on validation Recall@1, figures on the test (evaluation) sets.",
+             "", "| model | val R@1 (best) | epoch | test R@1 | test R@1% | parameters |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {_fmt(r.get('val_r1'))} | {_fmt(r.get('best_epoch'))} | "
+                     f"{_fmt(r.get('test_r1'))} | {_fmt(r.get('test_r1p'))} | {_fmt(r.get('parameters'))} |")
+    lines += ["", "Run folders:", ""] + [f"- {r['model']}: `{r.get('run_dir')}`" for r in rows if r.get("run_dir")]
+    if extra.get("evaluation_report"):
+        lines += ["", f"Full evaluation report (per-query results, plots, latency): `{extra['evaluation_report']}`"]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusion",
+                     student_choice: str = "image") -> dict[str, Any]:
+    """All stages (module doc) for a composed ``configs/distill.yaml``; returns the run summary."""
+    from crossmodal.training.student import train_student
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def mark(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[stage] = now - since
+        return now
+
+    t = t0
+    dataset_dir = ensure_dataset(cfg)
+    t = mark("dataset", t)
+    teacher_ckpt, teacher_summary = ensure_teacher(cfg, dataset_dir, teacher_choice)
+    t = mark("teacher", t)
+    cache = ensure_cache(cfg, teacher_ckpt, dataset_dir)
+    t = mark("cache", t)
+    is_alone = cfg.distill.name == "none"
+    log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, run_dir / "student")
+    student_summary = train_student(cfg, run_dir / "student", cache, name=f"{student_choice} ({cfg.distill.name})")
+    t = mark("student", t)
+    alone_ckpt = alone_summary = None
+    if cfg.student_alone.enabled and not is_alone:
+        alone_ckpt, alone_summary = ensure_student_alone(cfg, student_choice)
+    t = mark("student_alone", t)
+
+    models: dict[str, Path] = {}
+    if teacher_ckpt is not None and cfg.evaluation.teacher:
+        models["teacher"] = teacher_ckpt
+    models["student_distilled" if not is_alone else "student_alone"] = run_dir / "student" / "best.pt"
+    if alone_ckpt is not None:
+        models["student_alone"] = alone_ckpt
+    evaluation = None
+    try:
+        from crossmodal.evaluation import evaluate_checkpoints
+    except ImportError:  # the evaluation package is optional until installed with its extras
+        evaluate_checkpoints = None
+    if evaluate_checkpoints is not None:
+        log.info("stage 6/6 evaluation: %s on the test sets", ", ".join(models))
+        evaluation = evaluate_checkpoints(
+            models, dataset_dir, run_dir / "evaluation", device=cfg.trainer.device, metric=cfg.evaluation.metric,
+            index=cfg.evaluation.index, batch_size=int(cfg.data.eval_batch_size),
+            num_workers=int(cfg.data.num_workers), latency=bool(cfg.evaluation.latency),
+            plots=bool(cfg.evaluation.plots), progress=bool(cfg.trainer.progress))
+    t = mark("evaluation", t)
+
+    rows = []
+    if cfg.evaluation.teacher:
+        rows.append(_row(f"teacher ({teacher_choice})", teacher_summary))
+    rows.append(_row(f"student {student_choice}, distill={cfg.distill.name}", student_summary))
+    if alone_summary is not None:
+        rows.append(_row(f"student {student_choice} alone", alone_summary))
+    summary = {"distill": str(cfg.distill.name), "seed": int(cfg.seed), "dataset_dir": str(dataset_dir),
+               "teacher_checkpoint": None if teacher_ckpt is None else str(teacher_ckpt),
+               "cache": None if cache is None else cache.meta.get("key"), "rows": rows,
+               "models": {k: str(v) for k, v in models.items()},
+               "evaluation_report": None if evaluation is None else str(run_dir / "evaluation" / "report.md"),
+               "timings_s": timings, "wall_time_s": time.perf_counter() - t0}
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_run_report(run_dir, cfg, rows, summary)
+    for r in rows:
+        log.info("%s: val R@1 %s, test R@1 %s, R@1%% %s", r["model"], _fmt(r.get("val_r1")), _fmt(r.get("test_r1")),
+                 _fmt(r.get("test_r1p")))
+    log.info("done in %.1f s (%s); report %s", summary["wall_time_s"],
+             ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), run_dir / "report.md")
+    return summary
