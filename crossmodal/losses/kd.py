@@ -264,9 +264,10 @@ class DarkRank(nn.Module):
     its first ``L`` items before normalising, which equals this only for ``L = B − 1``. The suffix log-sum-exps
     come from one ``logcumsumexp`` over the reversed list, so memory is ``O(B²)``. Dimensions may differ.
 
-    The loss is not zero at ``S == T``: it is minimised (towards 0) as the student's scores become more
-    separated in the teacher's order, and a student whose ranking matches the teacher's scores better than one
-    with another ranking at the same score spread.
+    The loss is not zero at ``S == T`` (a Plackett-Luce likelihood is below 1 for finite scores). For fixed
+    per-anchor scores it is lowest when the scores are sorted in the teacher's order (swapping an adjacent
+    inverted pair raises the likelihood), and a student with the teacher's order lowers it further by widening
+    its score gaps (scaling such a student by ``c > 1`` decreases the loss towards 0).
 
     Args:
         alpha, beta: score scale and distance exponent (3 and 3 in DarkRank).
