@@ -1,25 +1,55 @@
 """Metric-learning losses: batch-hard triplet with masks, distances and reducers."""
 
+from .combine import WeightedSum
 from .distances import Distance
 from .kd import CC, PKT, SP, DarkRank, FeatureL2, HintonKD
+from .manifolds import (
+    MANIFOLDS,
+    Euclidean,
+    Manifold,
+    Poincare,
+    Spherical,
+    Stereographic,
+    make_manifold,
+)
 from .multi_teacher import MultiTeacherLoss
 from .reducers import REDUCERS, avg_non_zero
+from .relations import (
+    AngleRelation,
+    CrossAgentLoss,
+    DistanceRelation,
+    GeodesicRelation,
+    SelfAgentLoss,
+)
 from .triplet import BatchHardTripletLoss, TripletLossOutput, mine_batch_hard
 from .tscm import TSCMCrossMetric
 
 __all__ = [
     "CC",
+    "MANIFOLDS",
     "PKT",
     "REDUCERS",
     "SP",
+    "AngleRelation",
     "BatchHardTripletLoss",
+    "CrossAgentLoss",
     "DarkRank",
     "Distance",
+    "DistanceRelation",
+    "Euclidean",
     "FeatureL2",
+    "GeodesicRelation",
     "HintonKD",
+    "Manifold",
     "MultiTeacherLoss",
+    "Poincare",
+    "SelfAgentLoss",
+    "Spherical",
+    "Stereographic",
     "TSCMCrossMetric",
     "TripletLossOutput",
+    "WeightedSum",
     "avg_non_zero",
+    "make_manifold",
     "mine_batch_hard",
 ]
