@@ -32,7 +32,7 @@ from .multistage import forward_backward, move_batch
 from .testing import compose_train_teacher
 
 
-def _status_mb(field: str) -> float | None:
+def status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -43,7 +43,7 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -131,8 +131,8 @@ def step_memory(teacher: str, dataset_dir: str, batch_size: int, device: str = "
     import gc
 
     gc.collect()
-    before = _status_mb("VmRSS")
-    reset = _reset_peak_rss()
+    before = status_mb("VmRSS")
+    reset = reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -140,7 +140,7 @@ def step_memory(teacher: str, dataset_dir: str, batch_size: int, device: str = "
     opt.zero_grad(set_to_none=True)
     forward_backward(model, b, loss_fn, loss_fn.outputs, max_chunk)
     opt.step()
-    peak = _status_mb("VmHWM") if reset else None
+    peak = status_mb("VmHWM") if reset else None
     if peak is None or before is None:
         out = {"step_peak_rss_mb": _maxrss_mb(), "step_extra_mb": float("nan"), "method": "ru_maxrss"}
     else:
