@@ -1,0 +1,33 @@
+"""Deployment of the image-only student: ONNX / TorchScript export with parity checks, and :class:`Localizer`
+(embed images, a database of descriptors with positions, queries, save / load).
+
+Names are loaded on first use (no torch / onnx import at package import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Localizer": "localizer", "Match": "localizer", "EmptyDatabaseError": "localizer",
+    "DatabaseMismatchError": "localizer", "NotAStudentError": "localizer", "load_student": "localizer",
+    "weights_digest": "localizer",
+    "InputSpec": "inputs", "ImageInputError": "inputs", "preprocess": "inputs", "read_image": "inputs",
+    "list_images": "inputs",
+    "export_onnx": "export", "export_torchscript": "export", "export_student": "export", "onnx_parity": "export",
+    "torchscript_parity": "export", "onnx_session": "export", "read_onnx_metadata": "export",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
