@@ -191,6 +191,10 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
                              num_workers=num_workers, image_size=image_size, augment=False,
                              quantization_size=float(data_cfg.get("quantization_size", 0.01)))
         ds = dm.dataset("eval", augment=False)
+        if len(ds) == 0:
+            dropped = ", ".join(f"{k}: {v}" for k, v in sorted(ds.skipped.items())) or "none in the manifest"
+            raise ValueError(f"{dataset_dir}: no usable evaluation rows with {' + '.join(req)} for {label} "
+                             f"({ckpt.get('model_class')}); dropped rows: {dropped}")
         sets = load_eval_sets(ds, "eval")
         loader = dm.eval_loader("eval", masks=False)
         model = model.to(device).eval()

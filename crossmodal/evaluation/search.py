@@ -11,7 +11,9 @@ descriptors (not squared; PointNetVLAD / MinkLoc++ rank with a KDTree on raw des
 - ``hnsw``: ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_construction``, ``ef_search``). Approximate.
 - ``numpy``: exact float64 brute force, the reference the faiss indexes are tested against.
 
-Results are ordered by (distance, id), so ties break towards the lower id as a stable sort would.
+Results are ordered by (distance, id), so ties break towards the lower id as a stable sort would (faiss is asked
+for ``TIE_MARGIN`` more results than needed, so a tie at the cut-off is resolved the same way unless more than
+that many entries tie).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 METRICS = ("euclidean", "cosine")
+TIE_MARGIN = 8
 INDEX_KINDS = ("flat", "ivf", "hnsw", "numpy")
 METRIC_DESCRIPTIONS = {
     "euclidean": "Euclidean distance between raw descriptors (PointNetVLAD / MinkLoc++ ranking)",
@@ -206,14 +209,14 @@ class SearchIndex:
             dist = _numpy_distances(self._data, q, self.metric)
             ids = np.argsort(dist, axis=1, kind="stable")[:, :k]
             return np.take_along_axis(dist, ids, 1), ids.astype(np.int64)
-        raw, ids = self._index.search(q, k)
+        # TIE_MARGIN extra results so that ties at the cut-off also go to the lower id
+        raw, ids = self._index.search(q, min(k + TIE_MARGIN, n))
         if self.metric == "euclidean":
             dist = np.sqrt(np.maximum(raw, 0.0))
         else:
             dist = 1.0 - raw
         dist = np.where(ids < 0, np.inf, dist).astype(np.float32)
-        # ties: order by (distance, id), as a stable sort of the exact distances would
-        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), dist), axis=1)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), dist), axis=1)[:, :k]
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids.astype(np.int64), order, 1)
 
     # -- persistence ---------------------------------------------------------------------------------

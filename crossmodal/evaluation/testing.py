@@ -63,3 +63,37 @@ def make_teacher_checkpoint(path: str | Path, teacher: str = "fusion", seed: int
     config["data"]["image_size"] = None if image_size is None else list(image_size)
     save_checkpoint(path, _payload("teacher", model, config))
     return Path(path)
+
+
+def brute_force_recall(db, qs, sets, n_nb=25, metric="euclidean"):
+    """``(Recall@1..n_nb, Recall@1%)`` of the PointNetVLAD protocol written independently of
+    :mod:`crossmodal.evaluation.protocol`: a per-query loop, float64 numpy distances, a stable sort (the reference
+    the faiss evaluation is tested against)."""
+    import numpy as np
+
+    recalls, one_pcts = [], []
+    for m in range(len(db)):
+        for n in range(len(qs)):
+            if m == n or len(db[m]) == 0:
+                continue
+            k1 = max(int(round(len(db[m]) / 100.0)), 1)  # noqa: RUF046 - upstream's expression
+            hits, one, evaluated = np.zeros(n_nb), 0, 0
+            for key in sorted(sets[n]):
+                truth = sets[n][key].get(m, [])
+                if not truth:
+                    continue
+                evaluated += 1
+                q = np.asarray(qs[n][key], np.float64)
+                x = np.asarray(db[m], np.float64)
+                if metric == "euclidean":
+                    d = np.sqrt(((x - q) ** 2).sum(1))
+                else:
+                    d = 1 - (x @ q) / np.linalg.norm(x, axis=1) / np.linalg.norm(q)
+                ranked = np.argsort(d, kind="stable")
+                for j in range(n_nb):
+                    hits[j] += np.isin(ranked[:j + 1], truth).any()
+                one += np.isin(ranked[:k1], truth).any()
+            if evaluated:
+                recalls.append(hits / evaluated * 100)
+                one_pcts.append(one / evaluated * 100)
+    return np.mean(recalls, axis=0), float(np.mean(one_pcts))
