@@ -232,8 +232,9 @@ class Stereographic(_ConstantCurvature):
 
     ``pairwise`` is geoopt's ``dist`` after ``proj(expmap0(scale·x))``: ``2·artan_κ(‖(−p) ⊕_κ q‖)``. Conventions
     (geoopt's): at κ = 0 the distance is ``2·‖x − y‖`` (twice :class:`Euclidean`); for κ = −c it equals
-    :class:`Poincare` ``(c)`` (same ``eps``); for κ > 0 ``expmap0`` is ``tan(√κ‖u‖)·u/(√κ‖u‖)``, which wraps
-    around for √κ‖u‖ ≥ π/2 (scale inputs accordingly) and distances are at most π/√κ.
+    :class:`Poincare` ``(c)`` (same ``eps``); ``expmap0(u)`` lies at distance 2‖u‖ from the origin (the conformal
+    factor there is 2); for κ > 0 it is ``tan(√κ‖u‖)·u/(√κ‖u‖)``, which passes the antipode of the origin at
+    √κ‖u‖ = π/2 and wraps around beyond (scale inputs accordingly); distances are at most π/√κ.
 
     Args:
         kappa: initial curvature κ (stored in float64 as the ``k`` parameter of the geoopt manifold ``.manifold``).

@@ -101,6 +101,11 @@ class GeodesicRelation(DistanceRelation):
     ``H = G(X, X) / mean(H > 0)``, ``L_G = SmoothL1(H_S, H_T)`` (``selfagent/rkdg.py``; see
     :class:`~crossmodal.losses.Poincare` for the numerical deviations from hyptorch).
 
+    The diagonal of H is exactly 0 here, so ``mean(H > 0)`` is over the off-diagonal entries as the formula
+    intends. Upstream's batched Möbius sum leaves rounding residues on the diagonal (float32: about 1e-6 for
+    descriptors of norm ≈ 2, more near the ball's boundary; about half of the entries positive), which its
+    ``mean(H > 0)`` then counts: its normalising mean is up to (B − 1)/B of ours.
+
     Args:
         c: curvature magnitude (0.1); eps, scale: as :class:`~crossmodal.losses.Poincare`.
     """
