@@ -269,17 +269,17 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
     if alone_ckpt is not None:
         models["student_alone"] = alone_ckpt
     evaluation = None
-    try:
+    if cfg.evaluation.report:
         from crossmodal.evaluation import evaluate_checkpoints
-    except ImportError:  # the evaluation package is optional until installed with its extras
-        evaluate_checkpoints = None
-    if evaluate_checkpoints is not None:
+
         log.info("stage 6/6 evaluation: %s on the test sets", ", ".join(models))
         evaluation = evaluate_checkpoints(
             models, dataset_dir, run_dir / "evaluation", device=cfg.trainer.device, metric=cfg.evaluation.metric,
             index=cfg.evaluation.index, batch_size=int(cfg.data.eval_batch_size),
             num_workers=int(cfg.data.num_workers), latency=bool(cfg.evaluation.latency),
             plots=bool(cfg.evaluation.plots), progress=bool(cfg.trainer.progress))
+    else:
+        log.info("stage 6/6 evaluation: full report off (evaluation.report=false); test figures in the summaries")
     t = mark("evaluation", t)
 
     rows = []

@@ -1,0 +1,72 @@
+"""End to end through ``scripts/distill.py`` with ``preset=quick`` (the CI end-to-end test): the synthetic quick
+dataset is generated and preprocessed, the fusion teacher trained, the cache built, the student distilled and
+trained alone, everything evaluated; then a Hydra multirun over two more ``distill=`` choices reuses the teacher,
+the cache and the student alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    proc = _run("preset=quick", "trainer.progress=false", f"data_dir={work / 'data'}", f"output_root={work / 'runs'}",
+                cwd=work)
+    (run_dir,) = list((work / "runs" / "distill" / "distilvpr").iterdir())
+    return work, run_dir, proc.stdout + proc.stderr
+
+
+def test_quick_preset_end_to_end(first_run):
+    work, run_dir, log = first_run
+    assert "generating and preprocessing the synthetic RobotCar (quick)" in log
+    for name in ("config.yaml", "command.txt", "distill.log", "report.md", "summary.json", "student/best.pt",
+                 "student/last.pt", "student/metrics.csv", "student/summary.json", "evaluation/report.md",
+                 "evaluation/report.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["distill"] == "distilvpr" and set(summary["models"]) == {"teacher", "student_distilled",
+                                                                              "student_alone"}
+    for row in summary["rows"]:
+        assert 0.0 <= row["test_r1"] <= 100.0 and 0.0 <= row["val_r1"] <= 100.0, row
+    (teacher_dir,) = list((work / "runs" / "teachers").iterdir())
+    assert teacher_dir.name.startswith("fusion-") and (teacher_dir / "best.pt").is_file()
+    assert len(list((work / "runs" / "teacher_cache").glob("teacher-*.safetensors"))) == 1
+    assert len(list((work / "runs" / "students_alone").iterdir())) == 1
+    evaluation = json.loads((run_dir / "evaluation" / "report.json").read_text())
+    assert evaluation  # the evaluation report's content is tested in tests/test_evaluation_*.py
+    report = (run_dir / "report.md").read_text()
+    assert "distill=distilvpr" in report and "student image alone" in report
+    assert "scripts/distill.py" in (run_dir / "command.txt").read_text()
+
+
+def test_a_sweep_reuses_the_teacher_cache_and_student_alone(first_run):
+    work, _, _ = first_run
+    proc = _run("-m", "preset=quick", "distill=feature_l2,rkd", "trainer.progress=false",
+                f"data_dir={work / 'data'}", f"output_root={work / 'runs'}", cwd=work)
+    log = proc.stdout + proc.stderr
+    assert "training fusion" not in log and log.count("stage 2/6 teacher: reusing") == 2
+    assert log.count("stage 3/6 cache: reused") == 2
+    assert log.count("stage 5/6 student alone: reusing") == 2
+    (sweep,) = list((work / "runs" / "distill_sweep").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / "summary.json").is_file())
+    assert jobs == ["feature_l2_seed0", "rkd_seed0"]
+    assert len(list((work / "runs" / "teachers").iterdir())) == 1
