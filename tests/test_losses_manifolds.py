@@ -282,3 +282,26 @@ def test_make_manifold_and_kinds():
     with pytest.raises(ValueError, match="same dimension"):
         Euclidean()(torch.zeros(2, 3), torch.zeros(2, 4))
     assert "c=0.1" in repr(Poincare()) and "kappa=-0.1" in repr(Stereographic())
+
+
+def test_blocked_cdist_backward_equals_torch(monkeypatch):
+    """The row-blocked backward used off the CPU (torch's CUDA cdist backward allocates an [N, M, D] buffer)."""
+    from crossmodal.losses import manifolds
+
+    monkeypatch.setattr(manifolds, "CDIST_BLOCK_ELEMENTS", 2 * 5 * 3)  # blocks of 2 rows for M = 5, D = 3
+    gen = torch.Generator().manual_seed(12)
+    x, y = rows(gen, 7, 3).requires_grad_(True), rows(gen, 5, 3).requires_grad_(True)
+    w = rows(gen, 7, 5)
+    out = manifolds._BlockedCdist.apply(x, y)
+    torch.testing.assert_close(out, manifolds._plain_cdist(x, y), rtol=0, atol=0)
+    gx, gy = torch.autograd.grad((out * w).sum(), (x, y))
+    rx, ry = torch.autograd.grad((manifolds._plain_cdist(x, y) * w).sum(), (x, y))
+    torch.testing.assert_close(gx, rx, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(gy, ry, rtol=1e-14, atol=1e-15)
+    # the same tensor on both sides, a zero diagonal, one side without gradient
+    (gs,) = torch.autograd.grad((manifolds._BlockedCdist.apply(x, x) * w[:, :1]).sum(), x)
+    (rs,) = torch.autograd.grad((manifolds._plain_cdist(x, x) * w[:, :1]).sum(), x)
+    torch.testing.assert_close(gs, rs, rtol=1e-14, atol=1e-15)
+    (g1,) = torch.autograd.grad(manifolds._BlockedCdist.apply(x, y.detach()).sum(), x)
+    torch.testing.assert_close(g1, torch.autograd.grad(manifolds._plain_cdist(x, y.detach()).sum(), x)[0])
+    assert torch.autograd.gradcheck(manifolds._BlockedCdist.apply, (x, y))

@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 KINDS = ("distance", "similarity")
 
@@ -40,9 +41,52 @@ def _stereo_math():
     return _geoopt().manifolds.stereographic.math
 
 
-def _cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Exact ``[N, M]`` Euclidean distances; the gradient at a zero distance is 0 (torch's cdist backward)."""
+#: entries (rows · M · D) of one block of :class:`_BlockedCdist`'s backward
+CDIST_BLOCK_ELEMENTS = 1 << 24
+
+
+def _plain_cdist(x: Tensor, y: Tensor) -> Tensor:
     return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
+
+
+class _BlockedCdist(torch.autograd.Function):
+    """torch's exact cdist whose backward runs block by block over the rows of ``x``: torch's CUDA cdist backward
+    allocates an ``[N, M, D]`` buffer (400 MiB for N = M = 512, D = 384 in float32); per block it is
+    ``[rows, M, D]`` with rows·M·D ≤ ``CDIST_BLOCK_ELEMENTS``. Same gradient values (torch's kernel per block)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y)
+        return _plain_cdist(x, y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        gx = torch.zeros_like(x) if need_x else None
+        gy = torch.zeros_like(y) if need_y else None
+        rows = max(1, CDIST_BLOCK_ELEMENTS // max(1, y.shape[0] * x.shape[1]))
+        for start in range(0, x.shape[0], rows):
+            with torch.enable_grad():
+                xb = x[start:start + rows].detach().requires_grad_(need_x)
+                yb = y.detach().requires_grad_(need_y)
+                inputs = [t for t, need in ((xb, need_x), (yb, need_y)) if need]
+                grads = torch.autograd.grad(_plain_cdist(xb, yb), inputs, grad[start:start + rows])
+            if need_x:
+                gx[start:start + rows] = grads[0]
+            if need_y:
+                gy += grads[-1]
+        return gx, gy
+
+
+def _cdist(x: Tensor, y: Tensor) -> Tensor:
+    """Exact ``[N, M]`` Euclidean distances (no ``|a|² + |b|² − 2ab`` cancellation); the gradient at a zero distance
+    is 0 (torch's cdist backward). Off the CPU the backward is blocked (:class:`_BlockedCdist`) so the memory stays
+    O(N·M + block); torch's CPU backward needs no buffer."""
+    if x.device.type != "cpu" and torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return _BlockedCdist.apply(x, y)
+    return _plain_cdist(x, y)
 
 
 def _check_rows(x: Tensor, y: Tensor | None, paired: bool) -> None:
