@@ -219,6 +219,19 @@ class SearchIndex:
         order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), dist), axis=1)[:, :k]
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids.astype(np.int64), order, 1)
 
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None) -> SearchIndex:
+        """Change the search-time parameters of a built IVF (``nprobe``) or HNSW (``ef_search``) index."""
+        if nprobe is not None:
+            self.spec = dataclasses.replace(self.spec, nprobe=int(nprobe))
+            if self.spec.kind == "ivf" and self._index is not None:
+                ivf = _faiss().extract_index_ivf(self._index)
+                ivf.nprobe = min(int(nprobe), int(ivf.nlist))
+        if ef_search is not None:
+            self.spec = dataclasses.replace(self.spec, ef_search=int(ef_search))
+            if self.spec.kind == "hnsw" and self._index is not None:
+                self._index.hnsw.efSearch = int(ef_search)
+        return self
+
     # -- persistence ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """The faiss index serialised (``faiss.serialize_index``); numpy kind: the float64 rows."""

@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""Deployment benchmark: the issue's performance ratios, measured in one run and printed.
+
+    python scripts/bench_deploy.py                       # ImageStudent at 240x320, batch 32, 1M IVF
+    python scripts/bench_deploy.py --skip-1m --repeats 3 # quick
+    python scripts/bench_deploy.py --json bench.json     # also save the figures
+
+1. Descriptor extraction through our API (``Localizer.embed`` on decoded 8-bit images: input checks,
+   normalisation, forward) vs a bare torchvision forward of the same network (torchvision ResNet18 to layer3,
+   1x1 conv, GeM written inline, the same weights) on the same images already normalised: throughput ratio
+   API / bare at batch 1 and batched (target >= 0.95). Timings interleaved (API, bare, API, ...), medians.
+2. ONNX Runtime vs eager PyTorch on CPU (same normalised input, same threads): throughput ratio, and the
+   parity (max abs difference of the descriptors).
+3. Matching 10k x 384, faiss flat: ms/query amortised over a batch of queries (target <= 0.1) and single query.
+4. Matching 1M x 384 with IVF (target <= 1 ms/query with Recall@1 within 1 point of flat): a synthetic database
+   with place structure (``--places`` cluster centres, members spread ``--spread``), queries = database entries
+   plus noise (``--query-noise``); Recall@1 = the query's source entry ranked first, for flat and for IVF at
+   each ``--nprobe``. The database is generated and added in chunks (peak memory: two copies, ~3 GB).
+
+Weights are random (nothing is downloaded): latency does not depend on them.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per call of each function, calls interleaved so machine-load changes hit all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bare_network(student):
+    """The student's network rebuilt from torchvision modules, with a plain GeM function, same weights."""
+    from collections import OrderedDict
+
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    backbone = torch.nn.Sequential(OrderedDict(
+        [(n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")]))
+    backbone.load_state_dict(student.backbone.state_dict())
+    conv = torch.nn.Conv2d(student.conv.in_channels, student.conv.out_channels, 1)
+    conv.load_state_dict(student.conv.state_dict())
+    p = float(student.pool.p.detach())
+    backbone.eval()
+    conv.eval()
+
+    def forward(x):
+        with torch.inference_mode():
+            return conv(backbone(x)).clamp(min=1e-6).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+    return forward
+
+
+def bench_extraction(args, out: dict) -> None:
+    import numpy as np
+    import torch
+
+    from crossmodal.deploy import Localizer, export_student
+    from crossmodal.deploy.export import INPUT_NAME, onnx_session
+    from crossmodal.deploy.inputs import normalize
+    from crossmodal.evaluation.testing import make_student_checkpoint
+
+    h, w = args.image_size
+    tmp = Path(tempfile.mkdtemp(prefix="bench_deploy_"))
+    ckpt = make_student_checkpoint(tmp / "student.pt", "image", image_size=(h, w), seed=0)
+    loc = Localizer.from_checkpoint(ckpt, batch_size=args.batch)
+    bare = bare_network(loc.model)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, h, w, 3), dtype=np.uint8)
+    listed = list(images)
+    x = torch.from_numpy(normalize(images, loc.spec))
+    diff = float(np.abs(loc.embed(listed) - bare(x).numpy()).max())
+    print(f"extraction: ImageStudent (ResNet18 -> layer3 -> 1x1 conv -> GeM, 384-d), {w}x{h} images, random weights; "
+          f"API vs bare max abs diff {diff:.2e}")
+    ext = {"image_size": [h, w], "batch": args.batch, "api_vs_bare_max_abs_diff": diff}
+    for n in (1, args.batch):
+        t = interleaved({"api": lambda n=n: loc.embed(listed[:n]), "bare": lambda n=n: bare(x[:n])}, args.repeats)
+        ratio = t["bare"] / t["api"]
+        ext[f"batch_{n}"] = {"api_ms_per_image": t["api"] / n * 1000, "bare_ms_per_image": t["bare"] / n * 1000,
+                             "api_over_bare_throughput": ratio}
+        print(f"  batch {n:>3}: API {t['api'] / n * 1000:8.2f} ms/image, bare torchvision "
+              f"{t['bare'] / n * 1000:8.2f} ms/image -> API/bare throughput {ratio:.3f}x "
+              f"(target >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'})")
+    out["extraction"] = ext
+
+    exported = export_student(ckpt, tmp / "deploy", formats=["onnx"], threads=torch.get_num_threads())
+    session = onnx_session(exported["onnx"], threads=torch.get_num_threads())
+    xn = x.numpy()
+    print(f"ONNX Runtime vs eager PyTorch ({torch.get_num_threads()} threads each): parity max abs diff "
+          f"{exported['parity']['onnx_max_abs_diff']:.2e} (descriptor values up to "
+          f"{exported['parity']['descriptor_abs_max']:.2f})")
+    onnx = {"parity_max_abs_diff": exported["parity"]["onnx_max_abs_diff"]}
+    for n in (1, args.batch):
+        t = interleaved({"ort": lambda n=n: session.run(None, {INPUT_NAME: xn[:n]}), "eager": lambda n=n: bare(x[:n])},
+                        args.repeats)
+        ratio = t["eager"] / t["ort"]
+        onnx[f"batch_{n}"] = {"ort_ms_per_image": t["ort"] / n * 1000, "eager_ms_per_image": t["eager"] / n * 1000,
+                              "ort_over_eager_throughput": ratio}
+        print(f"  batch {n:>3}: onnxruntime {t['ort'] / n * 1000:8.2f} ms/image, eager "
+              f"{t['eager'] / n * 1000:8.2f} ms/image -> ORT/eager throughput {ratio:.3f}x")
+    out["onnx"] = onnx
+
+
+def place_data(centres, spread: float, seed: int, start: int, stop: int):
+    """Rows ``start:stop`` of a synthetic database: ``centres[i % places] + spread * noise`` (float32)."""
+    import numpy as np
+
+    rows = np.arange(start, stop)
+    noise = np.random.default_rng([seed, start]).standard_normal((stop - start, centres.shape[1]), dtype=np.float32)
+    return centres[rows % len(centres)] + spread * noise
+
+
+def bench_matching(args, out: dict) -> None:
+    import numpy as np
+
+    from crossmodal.evaluation.search import IndexSpec, SearchIndex
+
+    dim, k = 384, 25
+    rng = np.random.default_rng(1)
+    db = place_data(rng.standard_normal((2_000, dim), dtype=np.float32), args.spread, 2, 0, 10_000)
+    q = db[rng.choice(len(db), args.queries, replace=False)] + args.query_noise * rng.standard_normal(
+        (args.queries, dim), dtype=np.float32)
+    flat = SearchIndex(dim, "euclidean", "flat").add(db)
+    t = interleaved({"batched": lambda: flat.search(q, k),
+                     "single": lambda: [flat.search(r[None], k) for r in q[:50]]}, args.repeats)
+    batched, single = t["batched"] / len(q) * 1000, t["single"] / 50 * 1000
+    print(f"matching 10k x {dim}, faiss flat, top {k}: {batched:.4f} ms/query amortised over {len(q)} queries "
+          f"(target <= 0.1: {'PASS' if batched <= 0.1 else 'FAIL'}); single query {single:.3f} ms")
+    out["match_10k_flat"] = {"batched_ms_per_query": batched, "single_ms": single, "queries": len(q)}
+    if args.skip_1m:
+        return
+
+    n, chunk = args.db, 100_000
+    t0 = time.perf_counter()
+    centres = np.random.default_rng(3).standard_normal((args.places, dim), dtype=np.float32)
+    spec = IndexSpec("ivf", nlist=args.nlist, nprobe=max(args.nprobe), train_size=args.train_size)
+    ivf = SearchIndex(dim, "euclidean", spec)  # trained on train_size rows of the first block
+    flat = SearchIndex(dim, "euclidean", "flat")
+    sources = np.sort(rng.choice(n, args.queries, replace=False))
+    picked = []
+    from tqdm import tqdm
+
+    for s in tqdm(range(0, n, chunk), desc=f"building {n} x {dim}", leave=False):
+        block = place_data(centres, args.spread, 3, s, min(n, s + chunk))
+        ivf.add(block)
+        flat.add(block)
+        inside = sources[(sources >= s) & (sources < s + len(block))]
+        picked.append(block[inside - s])
+    build = time.perf_counter() - t0
+    q = np.concatenate(picked) + args.query_noise * rng.standard_normal((len(sources), dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    _, ids = flat.search(q, 1)
+    flat_ms = (time.perf_counter() - t0) / len(q) * 1000
+    flat_r1 = float((ids[:, 0] == sources).mean() * 100)
+    print(f"matching {n // 1_000_000 if n >= 1_000_000 else n}{'M' if n >= 1_000_000 else ''} x {dim} "
+          f"({args.places} places, spread {args.spread}, query noise {args.query_noise}; built in {build:.0f} s): "
+          f"flat Recall@1 {flat_r1:.2f} %, {flat_ms:.2f} ms/query")
+    res = {"n": n, "flat_r1": flat_r1, "flat_ms_per_query": flat_ms, "build_s": build, "nlist": spec.nlist_for(n),
+           "ivf": {}}
+    for nprobe in args.nprobe:
+        ivf.configure(nprobe=nprobe)
+        t = interleaved({"batched": lambda: ivf.search(q, k),
+                         "single": lambda: [ivf.search(r[None], k) for r in q[:50]]}, args.repeats)
+        _, ids = ivf.search(q, 1)
+        r1 = float((ids[:, 0] == sources).mean() * 100)
+        batched, single = t["batched"] / len(q) * 1000, t["single"] / 50 * 1000
+        ok = batched <= 1.0 and flat_r1 - r1 <= 1.0
+        res["ivf"][nprobe] = {"r1": r1, "r1_loss": flat_r1 - r1, "batched_ms_per_query": batched, "single_ms": single}
+        print(f"  IVF nlist {res['nlist']} nprobe {nprobe:>3}: Recall@1 {r1:.2f} % ({flat_r1 - r1:+.2f} points "
+              f"below flat), {batched:.3f} ms/query amortised, {single:.3f} ms single "
+              f"(target <= 1 ms and <= 1 point: {'PASS' if ok else 'FAIL'})")
+    out["match_1m_ivf"] = res
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime / faiss threads")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--db", type=int, default=1_000_000)
+    parser.add_argument("--places", type=int, default=20_000)
+    parser.add_argument("--spread", type=float, default=2.0, help="database members around their place centre")
+    parser.add_argument("--query-noise", type=float, default=2.0, help="query around its place centre")
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    parser.add_argument("--train-size", type=int, default=65_536, help="IVF k-means training rows")
+    parser.add_argument("--skip-1m", action="store_true")
+    parser.add_argument("--skip-extraction", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import faiss
+    import torch
+
+    from crossmodal.evaluation.latency import machine_info, machine_line
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    info = machine_info("cpu")
+    print(f"machine: {machine_line(info)}")
+    out = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if not args.skip_extraction:
+        bench_extraction(args, out)
+    bench_matching(args, out)
+    if args.json:
+        from preprocessing.io import atomic_write_json
+
+        atomic_write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
