@@ -101,7 +101,8 @@ def bench_extraction(args, out: dict) -> None:
     exported = export_student(ckpt, tmp / "deploy", formats=["onnx"], threads=torch.get_num_threads())
     session = onnx_session(exported["onnx"], threads=torch.get_num_threads())
     xn = x.numpy()
-    print(f"ONNX Runtime vs eager PyTorch ({torch.get_num_threads()} threads each): parity max abs diff "
+    threads = torch.get_num_threads()
+    print(f"ONNX Runtime vs eager PyTorch ({threads} thread{'s' if threads > 1 else ''} each): parity max abs diff "
           f"{exported['parity']['onnx_max_abs_diff']:.2e} (descriptor values up to "
           f"{exported['parity']['descriptor_abs_max']:.2f})")
     onnx = {"parity_max_abs_diff": exported["parity"]["onnx_max_abs_diff"]}
