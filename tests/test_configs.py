@@ -22,9 +22,12 @@ def _groups_of(primary: str) -> dict[str, str]:
 
 def _cases():
     for primary in PRIMARY:
-        for group in _groups_of(primary):
-            for option in sorted((CONFIGS / group).glob("*.yaml")):
-                yield primary, group, option.stem
+        for key in _groups_of(primary):  # "group" or "group@package"
+            group = key.partition("@")[0]
+            options = sorted((CONFIGS / group).glob("*.yaml"))
+            assert options, f"{primary}: no options for group {key}"
+            for option in options:
+                yield primary, key, option.stem
 
 
 def _instantiate_targets(node) -> int:
@@ -49,13 +52,17 @@ def test_primary_config_composes(primary, tmp_path):
     assert _instantiate_targets(cfg) >= 1
 
 
-@pytest.mark.parametrize("primary,group,option", list(_cases()))
-def test_every_group_option_composes(primary, group, option, tmp_path):
+@pytest.mark.parametrize("primary,key,option", list(_cases()))
+def test_every_group_option_composes(primary, key, option, tmp_path):
+    """``key`` is a group, or ``group@package`` for a group placed elsewhere; a ``_global_`` option (a preset)
+    is checked by instantiating every target of the whole composed config."""
+    group, _, package = key.partition("@")
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(primary, overrides=[f"{group}={option}", f"data_dir={tmp_path}"])
+        cfg = compose(primary, overrides=[f"{key}={option}", f"data_dir={tmp_path}"])
     OmegaConf.resolve(cfg)
-    node = OmegaConf.select(cfg, group.replace("/", "."))
-    assert _instantiate_targets(node) >= 1, f"{group}={option} has no _target_ node"
+    header = (CONFIGS / group / f"{option}.yaml").read_text().splitlines()[0]
+    node = cfg if "@package _global_" in header else OmegaConf.select(cfg, (package or group).replace("/", "."))
+    assert _instantiate_targets(node) >= 1, f"{key}={option} has no _target_ node"
 
 
 @pytest.mark.parametrize("preset", ["default", "quick"])
