@@ -232,6 +232,12 @@ class SearchIndex:
                 self._index.hnsw.efSearch = int(ef_search)
         return self
 
+    def imbalance(self) -> float:
+        """IVF list-size imbalance (faiss's ``imbalance_factor``: 1 = equal lists); 1.0 for other kinds."""
+        if self.spec.kind != "ivf" or self._index is None:
+            return 1.0
+        return float(_faiss().extract_index_ivf(self._index).invlists.imbalance_factor())
+
     # -- persistence ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """The faiss index serialised (``faiss.serialize_index``); numpy kind: the float64 rows."""
