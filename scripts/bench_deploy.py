@@ -102,7 +102,8 @@ def bench_extraction(args, out: dict) -> None:
     out["extraction"] = ext
 
     exported = export_student(ckpt, tmp / "deploy", formats=["onnx"], threads=torch.get_num_threads())
-    session = onnx_session(exported["onnx"], threads=torch.get_num_threads())
+    # no spin-waiting: idle onnxruntime workers would otherwise keep the cores busy during the PyTorch calls
+    session = onnx_session(exported["onnx"], threads=torch.get_num_threads(), spinning=False)
     xn = x.numpy()
     threads = torch.get_num_threads()
     print(f"ONNX Runtime vs eager PyTorch ({threads} thread{'s' if threads > 1 else ''} each): parity max abs diff "
@@ -168,11 +169,13 @@ def bench_matching(args, out: dict) -> None:
     n, chunk = args.db, 100_000
     t0 = time.perf_counter()
     data = Places(args.places, dim, args.latent_dim, args.spread, args.noise, seed=3)
-    spec = IndexSpec("ivf", nlist=args.nlist, nprobe=max(args.nprobe), train_size=args.train_size)
+    spec = IndexSpec("ivf", nlist=args.nlist, nprobe=max(args.nprobe))
+    spec.train_size = args.train_size or 40 * spec.nlist_for(n)
     ivf = SearchIndex(dim, "euclidean", spec)  # trained on train_size rows of the first block
     flat = SearchIndex(dim, "euclidean", "flat")
     from tqdm import tqdm
 
+    chunk = max(chunk, spec.train_size)  # the first block holds the IVF training sample
     for s in tqdm(range(0, n, chunk), desc=f"building {n} x {dim}", leave=False):
         block = data.views(np.arange(s, min(n, s + chunk)) % args.places, s + 1)
         ivf.add(block)
@@ -213,15 +216,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime / faiss threads")
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--db", type=int, default=1_000_000)
     parser.add_argument("--places", type=int, default=20_000)
     parser.add_argument("--latent-dim", type=int, default=32, help="place structure dimension (384: isotropic)")
     parser.add_argument("--spread", type=float, default=0.7, help="views of a place around its centre (latent)")
     parser.add_argument("--noise", type=float, default=0.1, help="isotropic 384-d noise of every view")
-    parser.add_argument("--nlist", type=int, default=1024)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--train-size", type=int, default=65_536, help="IVF k-means training rows")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(n): 4000 at 1M)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="IVF k-means training rows (default 40 per list, the 39 k-means asks for)")
     parser.add_argument("--skip-1m", action="store_true")
     parser.add_argument("--skip-extraction", action="store_true")
     parser.add_argument("--json", type=Path, help="write the figures here")

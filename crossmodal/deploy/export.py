@@ -129,14 +129,18 @@ def export_torchscript(model, path: str | Path, spec: InputSpec, identity: Mappi
     return Path(path)
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session (``threads``: intra-op threads; None: onnxruntime's default)."""
+def onnx_session(path: str | Path, threads: int | None = None, spinning: bool = True):
+    """An onnxruntime CPU session (``threads``: intra-op threads, None: onnxruntime's default; ``spinning``:
+    let idle worker threads spin-wait between runs, onnxruntime's default; off when other work shares the
+    cores, e.g. a benchmark alternating with PyTorch)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
