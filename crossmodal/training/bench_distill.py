@@ -49,7 +49,8 @@ def step_ratio(distills: Sequence[str], dataset_dir: str, batch_size: int = 32, 
     from hydra.utils import instantiate
 
     device_t = torch.device(device)
-    base = compose("none", dataset_dir, [f"data.batch_size={batch_size}", "data.num_workers=0", *overrides])
+    base = compose("none", dataset_dir, [f"data.batch_size={batch_size}", "data.num_workers=0", "data.require=[image]",
+                                         *overrides])
     dm = instantiate(base.data, modalities=["image"])
     loader = dm.train_loader()
     data = []
