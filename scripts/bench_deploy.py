@@ -8,7 +8,8 @@
 1. Descriptor extraction through our API (``Localizer.embed`` on decoded 8-bit images: input checks,
    normalisation, forward) vs a bare torchvision forward of the same network (torchvision ResNet18 to layer3,
    1x1 conv, GeM written inline, the same weights) on the same images already normalised: throughput ratio
-   API / bare at batch 1 and batched (target >= 0.95). Timings interleaved (API, bare, API, ...), medians.
+   API / bare at batch 1 and batched (target >= 0.95). Timings interleaved (API, bare, API, ...), best of
+   ``--repeats`` (the least disturbed by other processes); the load average is printed at the start and end.
 2. ONNX Runtime vs eager PyTorch on CPU (same normalised input, same threads): throughput ratio, and the
    parity (max abs difference of the descriptors).
 3. Matching 10k x 384, faiss flat: ms/query amortised over a batch of queries (target <= 0.1) and single query.
@@ -24,7 +25,6 @@ Weights are random (nothing is downloaded): latency does not depend on them.
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +32,8 @@ from pathlib import Path
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per call of each function, calls interleaved so machine-load changes hit all alike."""
+    """Best (minimum) seconds per call of each function over ``repeats``, calls interleaved so machine-load
+    changes hit all alike; the minimum is the run least disturbed by other processes on a shared machine."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -42,7 +43,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def bare_network(student):
@@ -245,6 +246,9 @@ def main(argv=None) -> int:
     if not args.skip_extraction:
         bench_extraction(args, out)
     bench_matching(args, out)
+    with open("/proc/loadavg", encoding="utf-8") as fh:
+        out["load_average_end"] = float(fh.read().split()[0])
+    print(f"load average at the end: {out['load_average_end']:.1f}")
     if args.json:
         from preprocessing.io import atomic_write_json
 

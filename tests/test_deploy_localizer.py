@@ -107,6 +107,9 @@ def test_bad_images_are_named(env, tmp_path):
         loc.embed(np.zeros((24, 32, 3), np.float32))
     with pytest.raises(ImageInputError, match="greyscale array of shape"):
         loc.embed([np.zeros((24, 32), np.uint8)])
+    small = Localizer.from_checkpoint(env["student"], batch_size=2)  # the position in the whole list is named
+    with pytest.raises(ImageInputError, match="image 3: a greyscale array"):
+        small.embed([np.zeros((24, 32, 3), np.uint8)] * 3 + [np.zeros((24, 32), np.uint8)])
 
 
 def test_teacher_and_foreign_database_are_refused(env, tmp_path):

@@ -154,3 +154,14 @@ def test_search_index_ties_sizes_and_serialisation():
     with pytest.raises(ValueError, match="NaN or infinite"):
         build_index(np.array([[np.nan, 0.0]]))
     assert IndexSpec("ivf").nlist_for(100) == 2 and IndexSpec("ivf").nlist_for(1_000_000) == 4000
+
+
+def test_imports_have_no_side_effects():
+    """Importing the packages loads neither faiss, torch, matplotlib nor onnx (they load on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, crossmodal.evaluation, crossmodal.deploy, crossmodal.evaluation.protocol; "
+            "print(sorted(m for m in ('faiss', 'torch', 'matplotlib', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

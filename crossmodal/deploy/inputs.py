@@ -163,12 +163,13 @@ def normalize(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
     return x
 
 
-def preprocess(images: Any, spec: InputSpec, resize: bool = False) -> np.ndarray:
-    """Images (see :func:`to_uint8`) → the network's ``[B, 3, H, W]`` float32 input."""
+def preprocess(images: Any, spec: InputSpec, resize: bool = False, start: int = 0) -> np.ndarray:
+    """Images (see :func:`to_uint8`) → the network's ``[B, 3, H, W]`` float32 input (``start``: the position of
+    the first image in a longer list, for error messages)."""
     items = as_image_list(images)
     if not items:
         raise ImageInputError("no images given")
-    arrays = [to_uint8(item, spec, resize, i) for i, item in enumerate(items)]
+    arrays = [to_uint8(item, spec, resize, start + i) for i, item in enumerate(items)]
     return normalize(np.stack(arrays), spec)
 
 

@@ -173,14 +173,7 @@ class Localizer:
         out = []
         starts = range(0, len(items), self.batch_size)
         for s in tqdm(starts, desc="embed", leave=False, disable=not progress or len(starts) < 2):
-            chunk = items[s:s + self.batch_size]
-            try:
-                x = preprocess(chunk, self.spec, self.resize)
-            except ImageInputError as exc:
-                if s and "image " in str(exc):  # name the position in the whole list, not in the chunk
-                    raise ImageInputError(f"(batch starting at image {s}) {exc}") from None
-                raise
-            out.append(self.encoder(x))
+            out.append(self.encoder(preprocess(items[s:s + self.batch_size], self.spec, self.resize, start=s)))
         return np.concatenate(out)
 
     # -- database -----------------------------------------------------------------------------------------
