@@ -63,3 +63,25 @@ def raw_copy(tmp_path, tiny_raw):
     dst = tmp_path / "raw"
     shutil.copytree(tiny_raw, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_fusion_teacher(tmp_path_factory):
+    """A fake manifest (3 runs, 12 training-family rows each) with evaluation pickles and a tiny fusion teacher
+    trained one epoch on it: ``(dataset root, best.pt)``. Its descriptor is 16 (cloud) + 256 (image) = 272-d."""
+    from crossmodal.data.fake import write_fake_manifest
+    from crossmodal.training import train_teacher
+    from crossmodal.training.testing import (
+        compose_train_teacher,
+        tiny_overrides,
+        write_eval_pickles,
+    )
+
+    root = tmp_path_factory.mktemp("fake_teacher_data")
+    write_fake_manifest(root, runs=3, train_per_run=12, eval_per_run=4)
+    write_eval_pickles(root)
+    cfg = compose_train_teacher(tiny_overrides("fusion") + [f"dataset_dir={root}", "trainer.epochs=1",
+                                                             "trainer.eval_test=false"])
+    run = tmp_path_factory.mktemp("fake_teacher")
+    train_teacher(cfg, run, name="fusion")
+    return root, run / "best.pt"

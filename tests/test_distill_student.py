@@ -9,31 +9,19 @@ import json
 import pytest
 import torch
 
-from crossmodal.data.fake import write_fake_manifest
 from crossmodal.pipelines.distill import compose_config
-from crossmodal.training import load_checkpoint, train_teacher
+from crossmodal.training import load_checkpoint
 from crossmodal.training.student import train_student
 from crossmodal.training.teacher_cache import load_or_build_cache
-from crossmodal.training.testing import (
-    compose_train_teacher,
-    tiny_overrides,
-    write_eval_pickles,
-)
 
 STUDENT_TINY = ["student.out_dim=272", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0", "trainer.progress=false",
                 "trainer.epochs=2", "optimizer.milestones=[1]"]  # the tiny teacher: 16 + 256 = 272-d
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake")
-    write_fake_manifest(root, runs=3, train_per_run=12, eval_per_run=4)
-    write_eval_pickles(root)
-    tcfg = compose_train_teacher(tiny_overrides("fusion") + [f"dataset_dir={root}", "trainer.epochs=1",
-                                                              "trainer.eval_test=false"])
-    run = tmp_path_factory.mktemp("teacher")
-    train_teacher(tcfg, run, name="fusion")
-    cache, _, _ = load_or_build_cache(run / "best.pt", root, tmp_path_factory.mktemp("cache"), progress=False)
+def setup(tiny_fusion_teacher, tmp_path_factory):
+    root, ckpt = tiny_fusion_teacher
+    cache, _, _ = load_or_build_cache(ckpt, root, tmp_path_factory.mktemp("cache"), progress=False)
     return root, cache
 
 

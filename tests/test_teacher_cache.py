@@ -7,31 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal.data.fake import write_fake_manifest
-from crossmodal.training import build_model, embed, load_checkpoint, train_teacher
+from crossmodal.training import build_model, embed, load_checkpoint
 from crossmodal.training.teacher_cache import (
     TeacherCache,
     _view_draw,
     load_or_build_cache,
     read_cache,
 )
-from crossmodal.training.testing import (
-    compose_train_teacher,
-    tiny_overrides,
-    write_eval_pickles,
-)
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake")
-    write_fake_manifest(root, runs=3, train_per_run=10, eval_per_run=4)
-    write_eval_pickles(root)
-    cfg = compose_train_teacher(tiny_overrides("fusion") + [f"dataset_dir={root}", "trainer.epochs=1",
-                                                             "trainer.eval_test=false"])
-    run = tmp_path_factory.mktemp("teacher")
-    train_teacher(cfg, run, name="fusion")
-    return root, run / "best.pt"
+def teacher_run(tiny_fusion_teacher):
+    return tiny_fusion_teacher
 
 
 def _build(teacher_run, cache_dir, **kw):

@@ -17,22 +17,12 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from crossmodal.config import to_plain
+
 from .augment import cloud_train_transform, image_eval_transform, image_train_transform
 from .collate import PlaceCollate
 from .dataset import PairedPlaceDataset
 from .sampler import PositivePairBatchSampler
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers → Python ones (Hydra passes ListConfig / DictConfig)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
 
 
 class PlaceDataModule:
@@ -62,17 +52,17 @@ class PlaceDataModule:
                  cloud_augment: Mapping[str, Any] | None = None, seed: int = 0, drop_last: bool = False,
                  pin_memory: bool = False, persistent_workers: bool = False, validate_clouds: bool = False):
         self.root = Path(root)
-        self.modalities = tuple(_plain(modalities))
-        self.require = None if require is None else tuple(_plain(require))
+        self.modalities = tuple(to_plain(modalities))
+        self.require = None if require is None else tuple(to_plain(require))
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.quantization_size = float(quantization_size)
-        image_size = _plain(image_size)
+        image_size = to_plain(image_size)
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.augment = bool(augment)
-        self.image_augment = dict(_plain(image_augment) or {})
-        self.cloud_augment = dict(_plain(cloud_augment) or {})
+        self.image_augment = dict(to_plain(image_augment) or {})
+        self.cloud_augment = dict(to_plain(cloud_augment) or {})
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.pin_memory = bool(pin_memory)

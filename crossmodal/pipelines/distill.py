@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from crossmodal.config import to_plain
 from preprocessing.io import atomic_write_json, atomic_write_text, record_run
 
 log = logging.getLogger("distill")
@@ -53,12 +54,6 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> Any:
         return compose(name, overrides=list(overrides))
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         return compose(name, overrides=list(overrides))
-
-
-def plain(cfg: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else copy.deepcopy(cfg)
 
 
 def config_hash(config: Mapping[str, Any], ignored: Sequence[str] = RUN_CONTROL) -> str:
@@ -105,7 +100,7 @@ def teacher_config(cfg: Any, dataset_dir: Path, teacher_choice: str) -> Any:
     from omegaconf import OmegaConf
 
     # the teacher the distill config describes wins over the group default (e.g. teacher.* overrides)
-    tcfg.teacher = OmegaConf.create(plain(cfg.teacher))
+    tcfg.teacher = OmegaConf.create(to_plain(cfg.teacher))
     return tcfg
 
 
@@ -129,7 +124,7 @@ def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Pa
     from crossmodal.training import train_teacher
 
     tcfg = teacher_config(cfg, dataset_dir, teacher_choice)
-    key = config_hash(plain(tcfg))[:12]
+    key = config_hash(to_plain(tcfg))[:12]
     run_dir = Path(str(cfg.teacher_training.dir)) / f"{teacher_choice}-{key}"
     summary_file = run_dir / "summary.json"
     if summary_file.is_file() and (run_dir / "best.pt").is_file():
@@ -184,8 +179,8 @@ def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str,
 
     acfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(acfg, False)
-    acfg.distill = OmegaConf.create({"name": "none", "objective": plain(cfg.student_alone.objective)})
-    relevant = {k: plain(acfg[k]) for k in ("student", "data", "optimizer", "trainer", "distill", "dataset_dir")}
+    acfg.distill = OmegaConf.create({"name": "none", "objective": to_plain(cfg.student_alone.objective)})
+    relevant = {k: to_plain(acfg[k]) for k in ("student", "data", "optimizer", "trainer", "distill", "dataset_dir")}
     key = config_hash(relevant)[:12]
     run_dir = Path(str(cfg.student_alone.dir)) / f"{student_choice}-seed{cfg.seed}-{key}"
     summary_file = run_dir / "summary.json"

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from crossmodal.config import to_plain
 from crossmodal.losses import BatchHardTripletLoss
 
 
@@ -21,17 +22,6 @@ from crossmodal.losses import BatchHardTripletLoss
 class LossTerm:
     output: str  #: key of the model's output dict
     weight: float = 1.0
-
-
-def _plain(value: Any) -> Any:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
 
 
 class TeacherLoss(nn.Module):
@@ -51,7 +41,7 @@ class TeacherLoss(nn.Module):
                  reducer: str = "avg_non_zero", expansion_term: str | None = None):
         super().__init__()
         parsed = []
-        for t in _plain(terms):
+        for t in to_plain(terms):
             parsed.append(t if isinstance(t, LossTerm) else LossTerm(str(t["output"]), float(t.get("weight", 1.0))))
         if not parsed:
             raise ValueError("teacher_loss.terms must hold at least one {output, weight} term")

@@ -16,22 +16,11 @@ student (optimizer group ``loss``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from torch import Tensor, nn
 
+from crossmodal.config import to_plain
 from crossmodal.losses import BatchHardTripletLoss
-
-
-def _plain(value: Any) -> Any:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
 
 
 class DistillObjective(nn.Module):
@@ -52,7 +41,7 @@ class DistillObjective(nn.Module):
         self.task = task if task is not None else BatchHardTripletLoss()
         self.task_weight, self.weight = float(task_weight), float(weight)
         self.loss = loss
-        teachers = _plain(teachers)
+        teachers = to_plain(teachers)
         self.teachers: str | dict[str, str] = teachers if isinstance(teachers, str) else dict(teachers)
         if not isinstance(self.teachers, str) and not self.teachers:
             raise ValueError("distill.teachers must name at least one cache output")
