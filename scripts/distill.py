@@ -5,12 +5,15 @@
     python scripts/distill.py preset=quick                                 # the small dataset, ~2 minutes
     python scripts/distill.py distill=rkd teacher_training.checkpoint=runs/teachers/fusion-<hash>/best.pt
     python scripts/distill.py -m distill=none,rkd,distilvpr seed=0,1,2     # a sweep (teacher trained once)
+    python scripts/distill.py -m hydra/launcher=submitit_slurm distill=rkd,pkt seed=0,1,2   # on SLURM
+    torchrun --nproc_per_node=2 scripts/distill.py trainer.device=cuda     # DDP (docs/scaling.md)
 
-See configs/distill.yaml.
+Re-running a killed command resumes it (teacher, cache, students: hash-keyed folders). See configs/distill.yaml.
 """
 
 import logging
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,15 +25,24 @@ def main(cfg) -> None:
         # before torch loads: MKL reads these once (crossmodal.training.trainer.TrainerConfig.deterministic)
         os.environ.update({"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})
     from crossmodal.pipelines.distill import run_distillation
+    from crossmodal.training import distributed
     from preprocessing.io import record_run
 
-    logging.getLogger().setLevel(cfg.log_level)
+    info = distributed.init_from_env(cfg.trainer.device)
+    logging.getLogger().setLevel(cfg.log_level if info.is_main else logging.WARNING)
     hc = HydraConfig.get()
-    run_dir = hc.runtime.output_dir
-    record_run(run_dir, cfg)
-    run_distillation(cfg, run_dir, teacher_choice=hc.runtime.choices.get("teacher"),
-                     student_choice=hc.runtime.choices.get("student"))
+    run_dir = distributed.broadcast_object(hc.runtime.output_dir)  # rank 0's folder
+    if info.is_main:
+        record_run(run_dir, cfg)
+    try:
+        run_distillation(cfg, run_dir, teacher_choice=hc.runtime.choices.get("teacher"),
+                         student_choice=hc.runtime.choices.get("student"))
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":
+    from crossmodal.launch import hydra_rank_overrides
+
+    sys.argv += hydra_rank_overrides()
     main()

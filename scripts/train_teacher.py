@@ -3,13 +3,15 @@
 
     python scripts/train_teacher.py teacher=fusion                  # MinkLoc++ fusion teacher, published recipe
     python scripts/train_teacher.py teacher=image trainer=synthetic # image branch alone, CPU preset
-    python scripts/train_teacher.py teacher=fusion resume=true      # continue the newest interrupted run
+    python scripts/train_teacher.py teacher=fusion                  # again after a kill: resumes (resume=auto)
+    torchrun --nproc_per_node=2 scripts/train_teacher.py teacher=fusion trainer.device=cuda   # DDP
 
-See configs/train_teacher.yaml and docs/teacher.md.
+See configs/train_teacher.yaml, docs/teacher.md and docs/scaling.md.
 """
 
 import logging
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,15 +22,23 @@ def main(cfg) -> None:
     if cfg.trainer.get("deterministic", False):
         # before torch loads: MKL reads these once (crossmodal.training.trainer.TrainerConfig.deterministic)
         os.environ.update({"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})
-    from crossmodal.training import train_teacher
+    from crossmodal.training import distributed, train_teacher
     from preprocessing.io import record_run
 
-    logging.getLogger().setLevel(cfg.log_level)
+    info = distributed.init_from_env(cfg.trainer.device)
+    logging.getLogger().setLevel(cfg.log_level if info.is_main else logging.WARNING)
     hc = HydraConfig.get()
-    run_dir = hc.runtime.output_dir
-    record_run(run_dir, cfg)
-    train_teacher(cfg, run_dir, name=hc.runtime.choices.get("teacher"))
+    run_dir = distributed.broadcast_object(hc.runtime.output_dir)  # rank 0's folder
+    if info.is_main:
+        record_run(run_dir, cfg)
+    try:
+        train_teacher(cfg, run_dir, name=hc.runtime.choices.get("teacher"))
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":
+    from crossmodal.launch import hydra_rank_overrides
+
+    sys.argv += hydra_rank_overrides()
     main()

@@ -91,12 +91,15 @@ class PlaceDataModule:
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
                 "persistent_workers": self.persistent_workers and self.num_workers > 0}
 
-    def train_loader(self, num_replicas: int | None = None, rank: int | None = None) -> DataLoader:
+    def train_loader(self, num_replicas: int | None = None, rank: int | None = None,
+                     partition: str = "batches") -> DataLoader:
         """Training loader: batches of mutual-positive pairs with masks; ``loader.batch_sampler`` is the
-        :class:`PositivePairBatchSampler` (batch expansion: ``loader.batch_sampler.expand_batch(...)``)."""
+        :class:`PositivePairBatchSampler` (batch expansion: ``loader.batch_sampler.expand_batch(...)``).
+        ``num_replicas`` / ``rank`` / ``partition``: the DDP partition (``"shards"``: this rank's share of every
+        global batch of ``batch_size``; the masks then cover the shard only)."""
         ds = self.dataset("train")
         sampler = PositivePairBatchSampler(ds.tuples, self.batch_size, seed=self.seed, drop_last=self.drop_last,
-                                           num_replicas=num_replicas, rank=rank)
+                                           num_replicas=num_replicas, rank=rank, partition=partition)
         self._train_loader = DataLoader(ds, batch_sampler=sampler,
                                         collate_fn=PlaceCollate(self.quantization_size, ds.tuples),
                                         **self._loader_kwargs())

@@ -9,9 +9,17 @@ a last partial batch is kept when it holds at least ``min_pairs`` pairs (unless 
 
 Batch expansion: :meth:`set_batch_size` / :meth:`expand_batch` change B for the next epoch (the training loop
 decides when, e.g. from the loss's non-zero triplet share). With ``num_replicas`` > 1 every rank builds the same
-batch list (same seed and epoch), trims it to a multiple of ``num_replicas`` and takes every
-``num_replicas``-th batch from ``rank``: disjoint, equally many batches per rank. Call :meth:`set_epoch` before
-each epoch (as with torch's ``DistributedSampler``), or every epoch repeats the same batches.
+batch list (same seed and epoch) and takes its part of it (``partition``):
+
+- ``"batches"``: the list is trimmed to a multiple of ``num_replicas`` and ``rank`` takes every
+  ``num_replicas``-th batch: disjoint, equally many batches per rank, ``batch_size`` per rank;
+- ``"shards"`` (the training loops' DDP mode): every global batch is cut into ``num_replicas`` contiguous shards
+  (sizes differ by at most one) and ``rank`` takes shard ``rank`` of each: the union of the ranks' batches of one
+  step is exactly the single-process batch of ``batch_size`` (the global batch), in the same order. A last batch
+  with fewer items than ``num_replicas`` is dropped (every rank needs at least one item).
+
+Call :meth:`set_epoch` before each epoch (as with torch's ``DistributedSampler``), or every epoch repeats the
+same batches.
 """
 
 from __future__ import annotations
@@ -40,10 +48,15 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         min_pairs: smallest last batch kept (in pairs) when not ``drop_last``; 2 gives every anchor a negative
             candidate from another pair.
         num_replicas, rank: DDP partition (default: one replica).
+        partition: ``"batches"`` (whole batches per rank) or ``"shards"`` (a share of every global batch per
+            rank; ``batch_size`` is then the global batch size); see the module doc.
     """
 
+    PARTITIONS = ("batches", "shards")
+
     def __init__(self, tuples: HasPositives, batch_size: int, seed: int = 0, drop_last: bool = False,
-                 min_pairs: int = 2, num_replicas: int | None = None, rank: int | None = None):
+                 min_pairs: int = 2, num_replicas: int | None = None, rank: int | None = None,
+                 partition: str = "batches"):
         self.tuples = tuples
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
@@ -52,6 +65,9 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         self.rank = 0 if rank is None else int(rank)
         if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+        if partition not in self.PARTITIONS:
+            raise ValueError(f"partition must be one of {self.PARTITIONS}, got {partition!r}")
+        self.partition = partition
         self.epoch = 0
         self.batch_size = 0
         self.set_batch_size(batch_size)
@@ -106,7 +122,8 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         return pairs
 
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
-        """All ranks' batches of an epoch, before the DDP partition (trimmed to a multiple of ``num_replicas``)."""
+        """All ranks' batches of an epoch, before the DDP partition (``"batches"``: trimmed to a multiple of
+        ``num_replicas``; ``"shards"``: without a last batch smaller than ``num_replicas``)."""
         epoch = self.epoch if epoch is None else int(epoch)
         pairs = self.pairs(epoch)
         per = self.batch_size // 2
@@ -114,6 +131,10 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         short = bool(batches) and len(batches[-1]) < self.batch_size
         if short and (self.drop_last or len(batches[-1]) < 2 * self.min_pairs):
             batches.pop()
+        if self.partition == "shards":
+            if batches and len(batches[-1]) < self.num_replicas:
+                batches.pop()
+            return batches
         usable = len(batches) // self.num_replicas * self.num_replicas
         return batches[:usable]
 
@@ -122,7 +143,12 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         epoch = self.epoch if epoch is None else int(epoch)
         key = (epoch, self.batch_size)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.global_batches(epoch)[self.rank::self.num_replicas])
+            full = self.global_batches(epoch)
+            if self.partition == "shards":
+                mine = [b[_shard(len(b), self.rank, self.num_replicas)] for b in full]
+            else:
+                mine = full[self.rank::self.num_replicas]
+            self._cache = (key, mine)
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -133,7 +159,14 @@ class PositivePairBatchSampler(Sampler[list[int]]):
 
     def __repr__(self) -> str:
         return (f"PositivePairBatchSampler(items={len(self.tuples)}, batch_size={self.batch_size}, seed={self.seed}, "
-                f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas})")
+                f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas}, partition={self.partition!r})")
+
+
+def _shard(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n`` items (sizes differ by at most one, larger shards first)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 def _contains(sorted_values: np.ndarray, x: int) -> bool:

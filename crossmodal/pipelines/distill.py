@@ -11,7 +11,11 @@ Stages (each logged, each with progress bars, each reusing finished work):
    interrupted one is resumed. So a sweep over ``distill=`` and ``seed=`` trains its teacher once.
 3. **cache**: the teacher's outputs on the training rows (:mod:`crossmodal.training.teacher_cache`), reused while
    valid (or ``cache.file`` as it is).
-4. **student, distilled**: :func:`~crossmodal.training.student.train_student` into ``<run dir>/student``.
+4. **student, distilled**: :func:`~crossmodal.training.student.train_student` in
+   ``student_training.dir/<student>-<distill>-seed<seed>-<config hash>/`` (the hash covers the student, data,
+   optimiser, trainer, objective, dataset, view selection and the teacher cache's key): a finished one is reused,
+   an interrupted one resumed, so re-running a killed command continues where it stopped. Its files are linked
+   (or copied) into ``<run dir>/student/``, the per-invocation folder with the logs and reports.
 5. **student alone** (``student_alone.enabled``): the same student with the task loss only, in
    ``student_alone.dir/<student>-<config hash>/``, shared by every ``distill=`` choice of the same student, data,
    optimiser, trainer and seed (with ``distill=none`` the distilled student *is* the student alone).
@@ -20,6 +24,9 @@ Stages (each logged, each with progress bars, each reusing finished work):
    (``summary.json``, ``report.md``) in the run folder.
 
 Model selection always uses the validation split; the test sets are only evaluated.
+
+Under torchrun every stage runs on every rank (training and cache embedding in parallel); rank 0 alone
+preprocesses, decides what to reuse, writes files and evaluates, the others wait at barriers.
 """
 
 from __future__ import annotations
@@ -34,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from crossmodal.config import to_plain
-from preprocessing.io import atomic_write_json, atomic_write_text, record_run
+from crossmodal.training import distributed
+from crossmodal.training.checkpoint import RESUME_IGNORED, drop_neutral
+from preprocessing.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    record_run,
+)
 
 log = logging.getLogger("distill")
 
@@ -42,7 +56,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 #: Keys that do not change what a run computes (left out of the reuse hashes).
 RUN_CONTROL = ("resume", "trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.threads",
                "trainer.device", "trainer.eval_test", "data_dir", "output_root", "log_level", "data.num_workers",
-               "data.eval_batch_size", "data.pin_memory", "data.persistent_workers")
+               "data.eval_batch_size", "data.pin_memory", "data.persistent_workers", "trainer.compile",
+               "trainer.compile_backend", "trainer.compile_mode")
+#: Sections of configs/distill.yaml that decide the distilled student (with the teacher cache's key).
+STUDENT_KEYS = ("student", "data", "optimizer", "trainer", "distill", "dataset_dir")
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> Any:
@@ -60,8 +77,9 @@ def config_hash(config: Mapping[str, Any], ignored: Sequence[str] = RUN_CONTROL)
     """SHA-256 of the config without the run-control keys (what decides the result)."""
     def strip(obj: Any, prefix: str) -> Any:
         if isinstance(obj, Mapping):
+            kept = drop_neutral({f"{prefix}{k}": v for k, v in obj.items()})
             return {k: strip(v, f"{prefix}{k}.") for k, v in sorted(obj.items())
-                    if f"{prefix}{k}" not in ignored}
+                    if f"{prefix}{k}" not in ignored and f"{prefix}{k}" in kept}
         return obj
 
     return hashlib.sha256(json.dumps(strip(config, ""), sort_keys=True, default=str).encode()).hexdigest()
@@ -70,9 +88,25 @@ def config_hash(config: Mapping[str, Any], ignored: Sequence[str] = RUN_CONTROL)
 # ----------------------------------------------------------------------------------------------------------------
 def ensure_dataset(cfg: Any) -> Path:
     """The preprocessed dataset folder, generated and preprocessed first when it is an absent synthetic one."""
-    from preprocessing.manifest import MANIFEST_NAME
 
     root = Path(str(cfg.dataset_dir))
+    if distributed.world_size() > 1:  # rank 0 prepares the dataset, the others wait for it
+        error = None
+        if distributed.is_main():
+            try:
+                _ensure_dataset(cfg, root)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                error = f"{type(exc).__name__}: {exc}"
+        error = distributed.broadcast_object(error)
+        if error:
+            raise RuntimeError(f"rank 0 could not prepare the dataset: {error}")
+        return root
+    return _ensure_dataset(cfg, root)
+
+
+def _ensure_dataset(cfg: Any, root: Path) -> Path:
+    from preprocessing.manifest import MANIFEST_NAME
+
     if (root / MANIFEST_NAME).is_file():
         return root
     preset = cfg.dataset.get("synthetic")
@@ -104,6 +138,29 @@ def teacher_config(cfg: Any, dataset_dir: Path, teacher_choice: str) -> Any:
     return tcfg
 
 
+def _stage_state(run_dir: Path) -> tuple[str, dict[str, Any] | None]:
+    """What a hash-keyed training folder holds, decided by rank 0 (the same answer on every rank):
+    ``("finished", summary)``, ``("interrupted", None)`` (a ``last.pt`` to resume) or ``("new", None)``."""
+    state: tuple[str, dict[str, Any] | None] | None = None
+    if distributed.is_main():
+        summary_file = run_dir / "summary.json"
+        if summary_file.is_file() and (run_dir / "best.pt").is_file():
+            try:
+                summary = json.loads(summary_file.read_text())
+            except ValueError:
+                summary = {}
+            if summary.get("finished"):
+                state = ("finished", summary)
+        if state is None:
+            state = ("interrupted", None) if (run_dir / "last.pt").is_file() else ("new", None)
+    return distributed.broadcast_object(state)
+
+
+def _record(run_dir: Path, cfg: Any) -> None:
+    if distributed.is_main():
+        record_run(run_dir, cfg)
+
+
 def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Path | None, dict[str, Any] | None]:
     """The teacher checkpoint to distil from (trained, reused or given) and its training summary if any."""
     given = cfg.teacher_training.get("checkpoint")
@@ -119,26 +176,26 @@ def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Pa
     if cfg.cache.get("file"):
         log.info("stage 2/6 teacher: none needed (cache.file=%s)", cfg.cache.file)
         return None, None
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     from crossmodal.training import train_teacher
 
     tcfg = teacher_config(cfg, dataset_dir, teacher_choice)
     key = config_hash(to_plain(tcfg))[:12]
     run_dir = Path(str(cfg.teacher_training.dir)) / f"{teacher_choice}-{key}"
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file() and (run_dir / "best.pt").is_file():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("finished"):
-            log.info("stage 2/6 teacher: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
-            return run_dir / "best.pt", summary
-    if (run_dir / "last.pt").is_file():
+    state, summary = _stage_state(run_dir)
+    if state == "finished":
+        log.info("stage 2/6 teacher: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+        return run_dir / "best.pt", summary
+    with open_dict(tcfg):
+        tcfg.resume = False  # the folder is the run: continue its own last.pt, never a sibling's
+    if state == "interrupted":
         log.info("stage 2/6 teacher: resuming the interrupted teacher in %s", run_dir)
         tcfg.trainer.resume = str(run_dir / "last.pt")
     else:
         log.info("stage 2/6 teacher: training %s in %s", teacher_choice, run_dir)
     OmegaConf.resolve(tcfg)
-    record_run(run_dir, tcfg)
+    _record(run_dir, tcfg)
     summary = train_teacher(tcfg, run_dir, name=teacher_choice)
     if not summary.get("finished"):
         raise RuntimeError(f"teacher training in {run_dir} stopped before its last epoch; re-run to resume it")
@@ -171,6 +228,61 @@ def ensure_cache(cfg: Any, teacher_ckpt: Path | None, dataset_dir: Path):
     return cache
 
 
+def _outside(cfg: Any, keys: Sequence[str]) -> tuple[str, ...]:
+    """Config keys that may differ when a hash-keyed student folder is resumed: run control and every top-level
+    section outside ``keys`` (the hash already pins those)."""
+    return tuple(RESUME_IGNORED) + tuple(k for k in cfg if k not in keys)
+
+
+def _link_results(src: Path, dst: Path) -> None:
+    """``src``'s checkpoints, CSV and summary into ``dst`` (hard links, copies across file systems)."""
+    import os
+    import shutil
+
+    for name in ("best.pt", "last.pt", "metrics.csv", "summary.json"):
+        if not (src / name).is_file():
+            continue
+        with atomic_path(dst / name) as tmp:
+            try:
+                os.link(src / name, tmp)
+            except OSError:
+                shutil.copyfile(src / name, tmp)
+
+
+def ensure_student(cfg: Any, student_choice: str, cache, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The distilled student, trained (or reused / resumed) in its hash-keyed folder and linked into
+    ``<run_dir>/student``; returns that ``best.pt`` and the training summary."""
+    from omegaconf import OmegaConf
+
+    from crossmodal.training.student import train_student
+
+    relevant = {k: to_plain(cfg[k]) for k in STUDENT_KEYS}
+    relevant["cache"] = {"select": str(cfg.cache.select), "key": None if cache is None else cache.meta.get("key")}
+    key = config_hash(relevant)[:12]
+    train_dir = Path(str(cfg.student_training.dir)) / f"{student_choice}-{cfg.distill.name}-seed{cfg.seed}-{key}"
+    state, summary = _stage_state(train_dir)
+    if state == "finished":
+        log.info("stage 4/6 student (distill=%s): reusing %s (best val R@1 %.2f)", cfg.distill.name, train_dir,
+                 summary["best"]["val_r1"])
+    else:
+        scfg = copy.deepcopy(cfg)
+        OmegaConf.set_struct(scfg, False)
+        scfg.resume = False
+        if state == "interrupted":
+            scfg.trainer.resume = str(train_dir / "last.pt")
+            log.info("stage 4/6 student (distill=%s): resuming the interrupted student in %s", cfg.distill.name,
+                     train_dir)
+        else:
+            log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, train_dir)
+        _record(train_dir, scfg)
+        summary = train_student(scfg, train_dir, cache, name=f"{student_choice} ({cfg.distill.name})",
+                                resume_ignored=_outside(cfg, STUDENT_KEYS))
+    if distributed.is_main():
+        _link_results(train_dir, run_dir / "student")
+    distributed.barrier()
+    return run_dir / "student" / "best.pt", summary
+
+
 def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str, Any]]:
     """The student trained alone for this student/data/optimiser/trainer/seed (reused across distill choices)."""
     from omegaconf import OmegaConf
@@ -180,22 +292,22 @@ def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str,
     acfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(acfg, False)
     acfg.distill = OmegaConf.create({"name": "none", "objective": to_plain(cfg.student_alone.objective)})
-    relevant = {k: to_plain(acfg[k]) for k in ("student", "data", "optimizer", "trainer", "distill", "dataset_dir")}
+    acfg.resume = False
+    relevant = {k: to_plain(acfg[k]) for k in STUDENT_KEYS}
     key = config_hash(relevant)[:12]
     run_dir = Path(str(cfg.student_alone.dir)) / f"{student_choice}-seed{cfg.seed}-{key}"
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file() and (run_dir / "best.pt").is_file():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("finished"):
-            log.info("stage 5/6 student alone: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
-            return run_dir / "best.pt", summary
-    if (run_dir / "last.pt").is_file():
+    state, summary = _stage_state(run_dir)
+    if state == "finished":
+        log.info("stage 5/6 student alone: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+        return run_dir / "best.pt", summary
+    if state == "interrupted":
         acfg.trainer.resume = str(run_dir / "last.pt")
         log.info("stage 5/6 student alone: resuming %s", run_dir)
     else:
         log.info("stage 5/6 student alone: training in %s", run_dir)
-    record_run(run_dir, acfg)
-    summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone")
+    _record(run_dir, acfg)
+    summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone",
+                            resume_ignored=_outside(acfg, STUDENT_KEYS))
     return run_dir / "best.pt", summary
 
 
@@ -228,11 +340,16 @@ def write_run_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], extra:
 
 def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusion",
                      student_choice: str = "image") -> dict[str, Any]:
-    """All stages (module doc) for a composed ``configs/distill.yaml``; returns the run summary."""
-    from crossmodal.training.student import train_student
-
+    """All stages (module doc) for a composed ``configs/distill.yaml``; returns the run summary (every rank under
+    torchrun; rank 0 writes it)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.get("deterministic", False):
+        import torch
+
+        torch.set_num_threads(1)  # every stage (cache, evaluation), not only the training loops
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -249,8 +366,7 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
     cache = ensure_cache(cfg, teacher_ckpt, dataset_dir)
     t = mark("cache", t)
     is_alone = cfg.distill.name == "none"
-    log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, run_dir / "student")
-    student_summary = train_student(cfg, run_dir / "student", cache, name=f"{student_choice} ({cfg.distill.name})")
+    student_ckpt, student_summary = ensure_student(cfg, student_choice, cache, run_dir)
     t = mark("student", t)
     alone_ckpt = alone_summary = None
     if cfg.student_alone.enabled and not is_alone:
@@ -260,11 +376,11 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
     models: dict[str, Path] = {}
     if teacher_ckpt is not None and cfg.evaluation.teacher:
         models["teacher"] = teacher_ckpt
-    models["student_distilled" if not is_alone else "student_alone"] = run_dir / "student" / "best.pt"
+    models["student_distilled" if not is_alone else "student_alone"] = student_ckpt
     if alone_ckpt is not None:
         models["student_alone"] = alone_ckpt
     evaluation = None
-    if cfg.evaluation.report:
+    if cfg.evaluation.report and main:  # rank 0 evaluates, the others wait below
         from crossmodal.evaluation import evaluate_checkpoints
 
         log.info("stage 6/6 evaluation: %s on the test sets", ", ".join(models))
@@ -273,8 +389,9 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
             index=cfg.evaluation.index, batch_size=int(cfg.data.eval_batch_size),
             num_workers=int(cfg.data.num_workers), latency=bool(cfg.evaluation.latency),
             plots=bool(cfg.evaluation.plots), progress=bool(cfg.trainer.progress))
-    else:
+    elif not cfg.evaluation.report:
         log.info("stage 6/6 evaluation: full report off (evaluation.report=false); test figures in the summaries")
+    distributed.barrier()
     t = mark("evaluation", t)
 
     rows = []
@@ -288,7 +405,10 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
                "cache": None if cache is None else cache.meta.get("key"), "rows": rows,
                "models": {k: str(v) for k, v in models.items()},
                "evaluation_report": None if evaluation is None else str(run_dir / "evaluation" / "report.md"),
-               "timings_s": timings, "wall_time_s": time.perf_counter() - t0}
+               "timings_s": timings, "wall_time_s": time.perf_counter() - t0,
+               "world_size": distributed.world_size()}
+    if not main:
+        return summary
     atomic_write_json(run_dir / "summary.json", summary)
     write_run_report(run_dir, cfg, rows, summary)
     for r in rows:

@@ -35,7 +35,17 @@ ROLES = ("teacher", "student")
 #: paths, loader performance settings.
 RESUME_IGNORED = ("resume", "trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.threads",
                   "trainer.device", "trainer.eval_test", "data_dir", "dataset_dir", "output_root", "data.root",
-                  "data.num_workers", "data.eval_batch_size", "data.pin_memory", "data.persistent_workers")
+                  "data.num_workers", "data.eval_batch_size", "data.pin_memory", "data.persistent_workers",
+                  "trainer.compile", "trainer.compile_backend", "trainer.compile_mode")
+
+#: Options added after checkpoints and reuse hashes existed, with the value at which they change nothing: a key at
+#: its neutral value counts as absent, so older checkpoints still resume and older run folders are still reused.
+NEUTRAL_DEFAULTS = {"trainer.sync_batchnorm": False, "trainer.precision": "fp32"}
+
+
+def drop_neutral(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` (dotted keys) without the keys at their :data:`NEUTRAL_DEFAULTS` value."""
+    return {k: v for k, v in flat.items() if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
 
 
 class CheckpointMismatchError(ValueError):
@@ -124,7 +134,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
                        ignored: Iterable[str] = ()) -> list[str]:
     """``key: old -> new`` lines for the dotted keys whose values differ (keys under ``ignored`` skipped)."""
     ignored = tuple(ignored)
-    a, b = _flatten(old), _flatten(new)
+    a, b = drop_neutral(_flatten(old)), drop_neutral(_flatten(new))
 
     def skip(k: str) -> bool:
         return any(k == p or k.startswith(p + ".") for p in ignored)

@@ -19,6 +19,8 @@ so they are updated once, by pass 2. Peak activation memory is that of one chunk
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,32 +89,64 @@ def _restore(saved) -> None:
 LossFn = Callable[[Mapping[str, Tensor], Tensor, Tensor], tuple[Tensor, dict[str, float]]]
 
 
+def _bounds(b: int, max_chunk: int | None, chunks: int | None) -> list[tuple[int, int]]:
+    """Chunk boundaries: ``chunks`` near-equal parts when given (DDP: the same count on every rank), else parts of
+    ``max_chunk`` items."""
+    if chunks is not None and chunks > 1:
+        if chunks > b:
+            raise ValueError(f"cannot cut a batch of {b} items into {chunks} chunks")
+        base, extra = divmod(b, chunks)
+        starts = [i * base + min(i, extra) for i in range(chunks + 1)]
+        return list(itertools.pairwise(starts))
+    if chunks is not None or max_chunk is None or max_chunk <= 0 or b <= max_chunk:
+        return [(0, b)]
+    return [(s, min(s + max_chunk, b)) for s in range(0, b, max_chunk)]
+
+
 def forward_backward(model: nn.Module, batch: Mapping[str, Any], loss_fn: LossFn, outputs: tuple[str, ...],
-                     max_chunk: int | None = None) -> tuple[Tensor, dict[str, float]]:
+                     max_chunk: int | None = None, *, chunks: int | None = None,
+                     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                     scale: Callable[[Tensor], Tensor] | None = None,
+                     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+                     ) -> tuple[Tensor, dict[str, float]]:
     """Forward + loss + backward of one batch (gradients accumulate into ``.grad``; the caller zeroes them and
     steps). ``outputs``: the model outputs the loss reads. With ``max_chunk`` and a larger batch: multi-stage
-    backprop (module doc). Returns the detached loss and the loss's stats (plus ``chunks``)."""
+    backprop (module doc). Returns the detached loss and the loss's stats (plus ``chunks``).
+
+    Keyword options (the training loop's, :class:`~crossmodal.training.step.StepRunner`): ``chunks`` forces that
+    many near-equal chunks (1: none); ``autocast`` a context-manager factory around the model's forward passes
+    (mixed precision; the loss always runs in float32 on float32 copies of ``outputs``); ``scale`` maps the loss
+    to what is backpropagated (fp16 loss scaling); ``no_sync`` a context-manager factory (DDP's ``no_sync``)
+    entered for every chunk's backward but the last, so gradients are reduced once.
+    """
     pos, neg = batch["positives_mask"], batch["negatives_mask"]
     b = batch_size_of(batch)
-    if max_chunk is None or max_chunk <= 0 or b <= max_chunk:
-        out = model(batch)
+    amp = autocast or contextlib.nullcontext
+    scale = scale or (lambda t: t)
+    bounds = _bounds(b, max_chunk, chunks)
+    if len(bounds) == 1:
+        with amp():
+            out = model(batch)
+        out = {k: (v.float() if k in outputs and v.is_floating_point() else v) for k, v in out.items()}
         loss, stats = loss_fn(out, pos, neg)
-        loss.backward()
+        scale(loss).backward()
         stats["chunks"] = 1.0
         return loss.detach(), stats
 
-    bounds = [(s, min(s + max_chunk, b)) for s in range(0, b, max_chunk)]
     saved = _bn_buffers(model)
-    with torch.no_grad():
+    with torch.no_grad(), amp():
         parts = [model(split_batch(batch, s, e)) for s, e in bounds]
     _restore(saved)
-    cached = {k: torch.cat([p[k] for p in parts]).detach().requires_grad_(True) for k in outputs}
+    cached = {k: torch.cat([p[k] for p in parts]).detach().float().requires_grad_(True) for k in outputs}
     del parts
     loss, stats = loss_fn(cached, pos, neg)
-    loss.backward()
+    scale(loss).backward()
     grads = {k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in cached.items()}
-    for s, e in bounds:
-        out = model(split_batch(batch, s, e))
-        torch.autograd.backward([out[k] for k in outputs], [grads[k][s:e] for k in outputs])
+    for i, (s, e) in enumerate(bounds):
+        sync = contextlib.nullcontext if no_sync is None or i == len(bounds) - 1 else no_sync
+        with sync():
+            with amp():
+                out = model(split_batch(batch, s, e))
+            torch.autograd.backward([out[k] for k in outputs], [grads[k][s:e].to(out[k].dtype) for k in outputs])
     stats["chunks"] = float(len(bounds))
     return loss.detach(), stats

@@ -12,13 +12,15 @@ clean view, a random cached view per sample and epoch, or their mean).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .multistage import forward_backward
+from .checkpoint import RESUME_IGNORED
 from .objective import DistillObjective, StepLoss
+from .step import StepRunner
 from .teacher_cache import TeacherCache
 from .trainer import TrainerConfig, fit, setup_run
 
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def train_student(cfg: Any, run_dir: str | Path, cache: TeacherCache | None = None,
-                  name: str | None = None) -> dict[str, Any]:
-    """Train the student of ``cfg`` (composed ``configs/distill.yaml``) into ``run_dir``; returns the summary."""
+                  name: str | None = None, resume_ignored: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train the student of ``cfg`` (composed ``configs/distill.yaml``) into ``run_dir``; returns the summary.
+    ``resume_ignored``: config keys allowed to differ from a resumed checkpoint's (default
+    :data:`~crossmodal.training.checkpoint.RESUME_IGNORED`)."""
     from hydra.utils import instantiate
 
     tcfg: TrainerConfig = instantiate(cfg.trainer, _convert_="all")
@@ -49,16 +53,17 @@ def train_student(cfg: Any, run_dir: str | Path, cache: TeacherCache | None = No
         log.info("distillation: %s; teacher outputs %s (dims %s) from the cache, view selection %r", objective.loss,
                  list(outputs), {o: cache.dims()[o] for o in outputs}, select)
 
-    def step(batch: dict[str, Any], epoch: int) -> dict[str, float]:
+    def step(runner: StepRunner, batch: dict[str, Any], epoch: int) -> dict[str, float]:
         teacher = None
         if outputs:
-            ids = batch["sample_ids"]
+            ids = batch["global_sample_ids"]  # the loss's rows (under DDP: the global batch)
             teacher = objective.teacher_input(
                 lambda out: cache.lookup(ids, out, select=select, epoch=epoch, seed=seed, device=device))
         loss_fn = StepLoss(objective, teacher)
-        return forward_backward(model, batch, loss_fn, (objective.output,), tcfg.max_chunk)[1]
+        return runner.forward_backward(batch, loss_fn, (objective.output,))[1]
 
     extra = {"distill": str(cfg.distill.name), "teacher_outputs": list(outputs),
              "cache": None if cache is None or not outputs else cache.meta.get("key")}
     return fit(cfg, run_dir, role="student", model=model, dm=dm, step=step, tcfg=tcfg, device=device,
-               objective=objective, name=name, extra_summary=extra)
+               objective=objective, name=name, extra_summary=extra,
+               resume_ignored=RESUME_IGNORED if resume_ignored is None else tuple(resume_ignored))

@@ -14,6 +14,8 @@ DistilVPR caches its teacher's descriptors of the training set so that the stude
   ``<cache dir>/teacher-<key[:16]>.safetensors`` and also records the key, the teacher's config and fingerprint;
   a file whose recorded key differs (stale, or a collision) or that cannot be read is rebuilt, with the reason
   logged. Written atomically (temporary file + rename).
+- **parallel** under torchrun: every rank embeds a contiguous share of the rows, the shares are gathered, rank 0
+  writes the one file (the others wait at a barrier); every rank returns the whole cache.
 
 The teacher is built from its checkpoint (:func:`~crossmodal.training.checkpoint.build_model`) and embeds with
 the data settings it was trained with (its checkpoint's ``data`` config: quantisation, image size), on the rows of
@@ -36,6 +38,7 @@ from torch import Tensor
 import crossmodal
 from preprocessing.io import atomic_path
 
+from . import distributed
 from .checkpoint import build_model, load_checkpoint
 from .multistage import move_batch
 
@@ -182,8 +185,11 @@ def read_cache(path: str | Path) -> TeacherCache:
 @torch.no_grad()
 def embed_views(teacher: torch.nn.Module, dm, views: int, device: torch.device, outputs: Sequence[str] | None,
                 progress: bool = True) -> tuple[np.ndarray, dict[str, Tensor]]:
-    """Run ``teacher`` (eval mode) over ``dm``'s training rows: the clean view, then ``views`` augmented draws."""
-    from torch.utils.data import DataLoader
+    """Run ``teacher`` (eval mode) over ``dm``'s training rows: the clean view, then ``views`` augmented draws.
+
+    Under torchrun every rank embeds a contiguous share of the rows (every view) and the shares are gathered, so
+    every rank returns the whole tables."""
+    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from crossmodal.data import PlaceCollate
@@ -198,12 +204,15 @@ def embed_views(teacher: torch.nn.Module, dm, views: int, device: torch.device, 
             raise RuntimeError("augmented and clean training datasets hold different rows")
         sets += [aug] * views
     result: dict[str, Tensor] = {}
-    total = len(sample_ids) * len(sets)
-    bar = tqdm(total=total, desc="teacher cache", unit="sample", disable=not progress, dynamic_ncols=True)
+    start, stop = distributed.shard_range(len(sample_ids))
+    total = (stop - start) * len(sets)
+    bar = tqdm(total=total, desc="teacher cache", unit="sample", disable=not progress or not distributed.is_main(),
+               dynamic_ncols=True)
     for v, ds in enumerate(sets):
         if v:
             ds.set_epoch(AUG_EPOCH_BASE + v)
-        loader = DataLoader(ds, batch_size=dm.eval_batch_size, shuffle=False,
+        rows = ds if (start, stop) == (0, len(sample_ids)) else Subset(ds, range(start, stop))
+        loader = DataLoader(rows, batch_size=dm.eval_batch_size, shuffle=False,
                             collate_fn=PlaceCollate(dm.quantization_size, None), **dm._loader_kwargs())
         for batch in loader:
             out = teacher(move_batch(batch, device))
@@ -219,6 +228,10 @@ def embed_views(teacher: torch.nn.Module, dm, views: int, device: torch.device, 
                 result[k][v, idx] = val
             bar.update(int(idx.numel()))
     bar.close()
+    if distributed.world_size() > 1:  # [V, N, D] with this rank's rows filled -> everyone's rows
+        keys = distributed.broadcast_object(sorted(result))
+        result = {k: distributed.gather_rows(result[k][:, start:stop].transpose(0, 1).contiguous())
+                  .transpose(0, 1).contiguous() for k in keys}
     return sample_ids, result
 
 
@@ -252,18 +265,16 @@ def load_or_build_cache(teacher_checkpoint: str | Path, dataset_dir: str | Path,
     ids = dm.dataset("train", augment=False).sample_ids
     key = cache_key(file_sha256(teacher_checkpoint), file_sha256(manifest), ids, tdata, views, outputs)
     path = Path(cache_dir) / f"teacher-{key[:16]}.safetensors"
-    if path.is_file() and not rebuild:
-        try:
+    if distributed.world_size() > 1:
+        # rank 0 looks for a valid file; the others read it, or everyone embeds a share and rank 0 writes it
+        found = distributed.broadcast_object(_valid_cache(path, key, rebuild) is not None
+                                             if distributed.is_main() else None)
+        if found:
             cache = read_cache(path)
-            if cache.meta.get("key") == key:
-                log.info("teacher cache: reusing %s (%d rows, %d view(s), outputs %s)", path, len(cache.sample_ids),
-                         cache.views, cache.dims())
-                return cache, path, False
-            log.warning("teacher cache %s: recorded key differs (stale); rebuilding", path)
-        except ValueError as exc:
-            log.warning("teacher cache: %s; rebuilding", exc)
-    elif rebuild:
-        log.info("teacher cache: rebuild requested")
+            log.info("teacher cache: reusing %s (%d rows, %d view(s))", path, len(cache.sample_ids), cache.views)
+            return cache, path, False
+    elif (cache := _valid_cache(path, key, rebuild)) is not None:
+        return cache, path, False
     device = torch.device(device)
     teacher.to(device)
     log.info("teacher cache: embedding %d training rows x %d view(s) with %s -> %s", len(ids), 1 + views,
@@ -274,6 +285,26 @@ def load_or_build_cache(teacher_checkpoint: str | Path, dataset_dir: str | Path,
             "teacher_config": ckpt.get("config", {}).get("teacher"), "data": {k: tdata.get(k) for k in KEY_DATA_FIELDS},
             "views": views, "dataset_dir": str(dataset_dir), "version": crossmodal.__version__}
     cache = TeacherCache(sample_ids, tensors, meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_cache(path, cache)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_cache(path, cache)
+    distributed.barrier()
     return cache, path, True
+
+
+def _valid_cache(path: Path, key: str, rebuild: bool) -> TeacherCache | None:
+    """The cache at ``path`` when it is readable and records ``key`` (and no rebuild is asked), else None (the
+    reason logged)."""
+    if path.is_file() and not rebuild:
+        try:
+            cache = read_cache(path)
+            if cache.meta.get("key") == key:
+                log.info("teacher cache: reusing %s (%d rows, %d view(s), outputs %s)", path, len(cache.sample_ids),
+                         cache.views, cache.dims())
+                return cache
+            log.warning("teacher cache %s: recorded key differs (stale); rebuilding", path)
+        except ValueError as exc:
+            log.warning("teacher cache: %s; rebuilding", exc)
+    elif rebuild:
+        log.info("teacher cache: rebuild requested")
+    return None

@@ -27,13 +27,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,22 @@ from torch import nn
 import crossmodal
 from preprocessing.io import atomic_path, atomic_write_json, atomic_write_text
 
+from . import distributed
 from .checkpoint import (
     FORMAT,
+    RESUME_IGNORED,
+    CheckpointMismatchError,
     check_compatible,
     class_name,
+    config_differences,
     fingerprint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from .multistage import forward_backward, move_batch
 from .optim import group_lrs
+from .step import StepRunner
 from .validation import evaluate, load_eval_sets
 
 log = logging.getLogger(__name__)
@@ -89,8 +94,13 @@ class TrainerConfig:
             (:data:`DETERMINISTIC_ENV`, which ``scripts/train_teacher.py`` sets before torch loads). Without it the
             sparse convolutions' kernel gradients differ between processes by ~1e-6 (relative; MKL's GEMM depends
             on memory alignment, and results also vary with 2 threads), so two runs, or a run and its
-            resumption, drift apart slowly. Much slower (one thread); meant for tests and audits. No effect on
-            CUDA.
+            resumption, drift apart slowly. Much slower (one thread); meant for tests and audits. On CUDA it
+            also asks cuDNN and PyTorch for deterministic algorithms (``docs/scaling.md``).
+        sync_batchnorm: under DDP (torchrun), BatchNorm statistics over the global batch instead of each rank's
+            share (:mod:`crossmodal.training.sync_batchnorm`); no effect on one process.
+        precision: ``fp32`` (default), ``bf16`` or ``fp16`` autocast of the forward passes (fp16 with a
+            GradScaler); see :mod:`crossmodal.training.step`.
+        compile: ``torch.compile`` the training forward (``compile_backend``, ``compile_mode``).
     """
 
     epochs: int = 60
@@ -108,12 +118,21 @@ class TrainerConfig:
     progress: bool = True
     resume: str | None = None
     deterministic: bool = False
+    sync_batchnorm: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
 
     def __post_init__(self) -> None:
+        from .step import PRECISIONS
+
         if self.epochs < 1:
             raise ValueError(f"trainer.epochs must be at least 1, got {self.epochs}")
         if self.val_every < 1:
             raise ValueError(f"trainer.val_every must be at least 1, got {self.val_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -143,22 +162,73 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
-def find_resume_checkpoint(cfg: Any, run_dir: Path, tcfg: TrainerConfig) -> Path | None:
-    """``trainer.resume`` (a file or a run folder), else with ``resume: true`` the newest ``last.pt`` among
-    ``run_dir``'s sibling folders (same teacher), ``run_dir`` included."""
+def _resume_mode(cfg: Any) -> str:
+    value = cfg.get("resume", False)
+    if value in (None, False) or str(value).lower() in ("false", "no", "off", "0"):
+        return "off"
+    if value is True or str(value).lower() in ("true", "yes", "on", "1"):
+        return "newest"
+    if str(value).lower() == "auto":
+        return "auto"
+    raise ValueError(f"resume must be true, false or auto, got {value!r}")
+
+
+def _run_state(run: Path, config: Mapping[str, Any], role: str) -> str | None:
+    """``"finished"`` / ``"unfinished"`` for a sibling run folder holding ``last.pt`` that was made by this config
+    (``config.yaml`` written at its start, else its checkpoint's; run-control keys aside), None for another
+    config or an unreadable folder."""
+    import yaml
+
+    recorded = ckpt = None
+    if (run / "config.yaml").is_file():
+        try:
+            recorded = yaml.safe_load((run / "config.yaml").read_text())
+        except yaml.YAMLError:
+            recorded = None
+    try:
+        if recorded is None:
+            ckpt = load_checkpoint(run / "last.pt", expect_role=role)
+            recorded = ckpt.get("config") or {}
+    except (CheckpointMismatchError, FileNotFoundError):
+        return None
+    if not isinstance(recorded, Mapping) or config_differences(recorded, config, RESUME_IGNORED):
+        return None
+    summary = run / "summary.json"
+    if summary.is_file():
+        try:
+            return "finished" if json.loads(summary.read_text()).get("finished") else "unfinished"
+        except ValueError:
+            pass
+    return "unfinished"
+
+
+def find_resume_checkpoint(cfg: Any, run_dir: Path, tcfg: TrainerConfig, role: str = "teacher") -> Path | None:
+    """The checkpoint a run continues from: ``trainer.resume`` (a file or a run folder); else, among the
+    ``last.pt`` files of ``run_dir``'s sibling folders (``run_dir`` included), with ``resume: true`` the newest,
+    with ``resume: auto`` the newest of a run of the same config when that run is unfinished (killed, or stopped
+    by ``trainer.max_epochs``); no such run, or a finished one: a fresh start."""
     if tcfg.resume:
         p = Path(str(tcfg.resume))
         p = p / "last.pt" if p.is_dir() else p
         if not p.is_file():
             raise FileNotFoundError(f"trainer.resume={tcfg.resume}: no checkpoint at {p}")
         return p
-    if not bool(cfg.get("resume", False)):
+    mode = _resume_mode(cfg)
+    if mode == "off":
         return None
-    candidates = [p for p in run_dir.parent.glob("*/last.pt") if p.is_file()]
+    candidates = sorted((p for p in run_dir.parent.glob("*/last.pt") if p.is_file()),
+                        key=lambda p: (p.stat().st_mtime_ns, str(p)), reverse=True)
+    if mode == "auto":
+        config = _config_dict(cfg)
+        for p in candidates:
+            state = _run_state(p.parent, config, role)
+            if state is not None:
+                return p if state == "unfinished" else None
+        return None
     if not candidates:
         raise FileNotFoundError(f"resume=true but no run folder under {run_dir.parent} holds a last.pt; start "
                                 f"without resume, or give trainer.resume=<path to last.pt>")
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    return candidates[0]
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -191,7 +261,17 @@ def _dropped(datasets: Mapping[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def setup_run(tcfg: TrainerConfig) -> torch.device:
-    """Threads, determinism warning and seeds of a run; returns its device."""
+    """Process group (under torchrun), threads, determinism settings and seeds of a run; returns its device
+    (``cuda:<LOCAL_RANK>`` for CUDA under torchrun)."""
+    info = distributed.init_from_env(tcfg.device)
+    device = torch.device(tcfg.device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    if tcfg.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if tcfg.deterministic:
         wrong = {k: os.environ.get(k) for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
         if wrong:
@@ -201,7 +281,7 @@ def setup_run(tcfg: TrainerConfig) -> torch.device:
     elif tcfg.threads:
         torch.set_num_threads(int(tcfg.threads))
     seed_everything(tcfg.seed)
-    return torch.device(tcfg.device)
+    return device
 
 
 def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dict[str, Any]:
@@ -217,8 +297,8 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
     dm = instantiate(cfg.data, modalities=list(modalities))
     loss_fn = instantiate(cfg.teacher_loss)
 
-    def step(batch: dict[str, Any], epoch: int) -> dict[str, float]:
-        return forward_backward(model, batch, loss_fn, loss_fn.outputs, tcfg.max_chunk)[1]
+    def step(runner: StepRunner, batch: dict[str, Any], epoch: int) -> dict[str, float]:
+        return runner.forward_backward(batch, loss_fn, loss_fn.outputs)[1]
 
     log.info("teacher %s: modalities %s; loss %s", name or type(model).__name__, list(modalities),
              loss_fn.extra_repr())
@@ -228,23 +308,35 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
 
 def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step, tcfg: TrainerConfig,
         device: torch.device, objective: nn.Module | None = None, name: str | None = None,
-        extra_summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        extra_summary: Mapping[str, Any] | None = None,
+        resume_ignored: Sequence[str] = RESUME_IGNORED) -> dict[str, Any]:
     """The training loop shared by teachers and students (module doc).
 
     Args:
         role: ``teacher`` / ``student`` (recorded in the checkpoints).
         model: the model trained, validated, checkpointed and tested.
         dm: its :class:`~crossmodal.data.PlaceDataModule`.
-        step: ``step(batch, epoch) -> stats`` runs forward + backward of one batch (gradients accumulated;
-            ``fit`` zeroes them and steps the optimiser); ``stats`` holds at least ``loss``, ``num_triplets``,
-            ``num_non_zero_triplets`` and ``non_zero_fraction``.
+        step: ``step(runner, batch, epoch) -> stats`` runs forward + backward of one batch through
+            ``runner.forward_backward(batch, loss_fn, outputs)`` (:class:`~crossmodal.training.step.StepRunner`:
+            DDP, mixed precision, compile, multi-stage backprop); ``fit`` zeroes the gradients and steps the
+            optimiser. ``stats`` holds at least ``loss``, ``num_triplets``, ``num_non_zero_triplets`` and
+            ``non_zero_fraction``. Under DDP ``batch["global_sample_ids"]`` lists the global batch's samples in
+            the order of the loss's rows.
         objective: a loss module with parameters of its own (learnable curvature): optimised with the model
             (optimizer prefix ``loss``; the model's parameters then have the prefix ``model``) and checkpointed.
+        resume_ignored: config keys allowed to differ from a resumed checkpoint's.
+
+    Under torchrun (several processes) every rank trains on its share of each global batch; only rank 0 writes
+    (checkpoints, CSV, summary); validation and test embeddings are computed in shards; every rank returns the
+    same summary.
     """
     from hydra.utils import instantiate
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dinfo = distributed.info()
+    main = dinfo.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     config = _config_dict(cfg)
     name = name or type(model).__name__
     trainable: nn.Module = model
@@ -256,14 +348,22 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
     log.info("%s %s (%s): %.2f M parameters; lr groups %s", role, name, class_name(model),
              count_parameters(model) / 1e6, {k: f"{lr:g} ({n} tensors)" for k, (lr, n) in groups.items()})
 
-    train_loader = dm.train_loader()
+    if dinfo.enabled:
+        train_loader = dm.train_loader(num_replicas=dinfo.world_size, rank=dinfo.rank, partition="shards")
+    else:
+        train_loader = dm.train_loader()
     sampler = train_loader.batch_sampler
     val_ds = dm.dataset("val", augment=False)
     val_loader = dm.eval_loader("val", masks=False)
     val_sets = load_eval_sets(val_ds, "val")
     datasets = {"train": dm.dataset("train"), "val": val_ds}
-    log.info("data %s: train %d rows (%d batches of %d), val %d rows (%d queries over %d runs)", dm.root,
-             len(datasets["train"]), len(sampler), sampler.batch_size, len(val_ds), val_sets.num_queries,
+    runner = StepRunner(model, device, tuples=datasets["train"].tuples, max_chunk=tcfg.max_chunk,
+                        precision=tcfg.precision, compile=tcfg.compile, compile_backend=tcfg.compile_backend,
+                        compile_mode=tcfg.compile_mode, sync_batchnorm=tcfg.sync_batchnorm,
+                        extra_params=list(objective.parameters()) if trainable is not model else ())
+    log.info("data %s: train %d rows (%d batches of %d%s), val %d rows (%d queries over %d runs)", dm.root,
+             len(datasets["train"]), len(sampler), sampler.batch_size,
+             f", {dinfo.world_size} ranks" if dinfo.enabled else "", len(val_ds), val_sets.num_queries,
              len(val_sets.query_rows))
     for split, skipped in _dropped(datasets).items():
         total = sum(skipped.values())
@@ -272,22 +372,24 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start_epoch = 0
-    resumed_from = find_resume_checkpoint(cfg, run_dir, tcfg)
+    resumed_from = find_resume_checkpoint(cfg, run_dir, tcfg, role) if main else None
+    resumed_from = distributed.broadcast_object(resumed_from)
     if resumed_from is not None:
         ckpt = load_checkpoint(resumed_from, map_location=device, expect_role=role)
-        check_compatible(ckpt, model, config, source=str(resumed_from))
+        check_compatible(ckpt, model, config, source=str(resumed_from), ignored=resume_ignored)
         model.load_state_dict(ckpt["model"])
         if objective is not None and ckpt.get("objective"):
             objective.load_state_dict(ckpt["objective"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        runner.load_state_dict(ckpt.get("step"))
         sampler.set_batch_size(int(ckpt["sampler"]["batch_size"]))
         set_rng_state(ckpt["rng"])
         history = list(ckpt.get("history", []))
         best = ckpt.get("best")
         start_epoch = int(ckpt["epoch"])
         old_best = resumed_from.parent / "best.pt"
-        if old_best.is_file():
+        if main and old_best.is_file():
             _copy_atomic(old_best, run_dir / "best.pt")
         log.info("resumed from %s after epoch %d (batch size %d, best val R@1 %s)", resumed_from, start_epoch,
                  sampler.batch_size, None if best is None else f"{best['val_r1']:.2f}")
@@ -312,14 +414,14 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
         total_steps = len(sampler) if tcfg.max_steps_per_epoch is None else min(len(sampler),
                                                                                tcfg.max_steps_per_epoch)
         bar = tqdm(train_loader, total=total_steps, desc=f"{role} epoch {epoch + 1}/{tcfg.epochs}", leave=False,
-                   disable=not tcfg.progress, dynamic_ncols=True)
+                   disable=not tcfg.progress or not main, dynamic_ncols=True)
         for batch in bar:
             if steps >= total_steps:
                 break
-            batch = move_batch(batch, device)
+            batch = runner.prepare(batch)
             optimizer.zero_grad(set_to_none=True)
-            stats = step(batch, epoch)
-            optimizer.step()
+            stats = step(runner, batch, epoch)
+            runner.optimizer_step(optimizer)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"epoch {epoch + 1} step {steps + 1}: loss is {stats['loss']}")
             steps += 1
@@ -332,6 +434,12 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
             bar.set_postfix(loss=f"{stats['loss']:.3f}", nz=f"{stats['non_zero_fraction']:.2f}", bs=bs)
         bar.close()
         scheduler.step()
+        if dinfo.enabled:  # the losses are global-batch figures (equal on every rank): average; samples: sum
+            red = distributed.all_reduce_sums({**{f"s.{k}": v for k, v in sums.items()},
+                                               **{f"e.{k}": v for k, v in extra_sums.items()}, "samples": samples})
+            sums = {k: red[f"s.{k}"] / dinfo.world_size for k in sums}
+            extra_sums = {k: red[f"e.{k}"] / dinfo.world_size for k in extra_sums}
+            samples = round(red["samples"])
         train_time = time.perf_counter() - t0
         nz_frac = sums["num_non_zero_triplets"] / sums["num_triplets"] if sums["num_triplets"] else 0.0
 
@@ -339,7 +447,8 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
         val = None
         t1 = time.perf_counter()
         if (epoch + 1) % tcfg.val_every == 0 or last_epoch:
-            val = evaluate(model, val_loader, val_sets, device=device, progress=tcfg.progress, desc="validation")
+            val = evaluate(model, val_loader, val_sets, device=device, progress=tcfg.progress and main,
+                           desc="validation", distributed=dinfo.enabled)
         val_time = time.perf_counter() - t1
 
         new_bs = bs
@@ -359,19 +468,21 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
         improved = val is not None and (best is None or val["r1"] > best["val_r1"])
         if improved:
             best = {"epoch": epoch + 1, "val_r1": val["r1"], "val_r1p": val["r1p"], "val": val}
-        payload = {"format": FORMAT, "role": role, "version": crossmodal.__version__, "model_class": class_name(model),
-                   "fingerprint": fingerprint(model.state_dict()), "config": config, "name": name,
-                   "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(),
-                   "sampler": {"batch_size": sampler.batch_size, "epoch": epoch + 1, "seed": sampler.seed},
-                   "rng": rng_state(), "metrics": row, "best": best, "history": history,
-                   "input": input_spec(dm)}
-        if objective is not None:
-            payload["objective"] = objective.state_dict()
-        if improved:
-            save_checkpoint(run_dir / "best.pt", payload)
-        save_checkpoint(run_dir / "last.pt", payload)
-        _write_csv(run_dir / "metrics.csv", history)
+        if main:
+            payload = {"format": FORMAT, "role": role, "version": crossmodal.__version__,
+                       "model_class": class_name(model), "fingerprint": fingerprint(model.state_dict()),
+                       "config": config, "name": name, "epoch": epoch + 1, "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "sampler": {"batch_size": sampler.batch_size, "epoch": epoch + 1, "seed": sampler.seed},
+                       "rng": rng_state(), "metrics": row, "best": best, "history": history,
+                       "input": input_spec(dm), "step": runner.state_dict(),
+                       "world_size": dinfo.world_size}
+            if objective is not None:
+                payload["objective"] = objective.state_dict()
+            if improved:
+                save_checkpoint(run_dir / "best.pt", payload)
+            save_checkpoint(run_dir / "last.pt", payload)
+            _write_csv(run_dir / "metrics.csv", history)
         log.info("epoch %d/%d: loss %.4f%s, non-zero %.3f, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
                  epoch + 1, tcfg.epochs, row["loss"],
                  "".join(f", {k} {row[f'loss_{k}']:.4f}" for k in extra_sums), nz_frac, bs,
@@ -379,10 +490,13 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
                  f"{row['val_r1']:.2f}" if val else "-", f"{row['val_r1p']:.2f}" if val else "-", train_time,
                  val_time, " *best*" if improved else "")
 
+    distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
     completed = history[-1]["epoch"] if history else 0
     test = None
-    if tcfg.eval_test and not stopped_early and (run_dir / "best.pt").is_file():
-        test = evaluate_checkpoint_on_test(run_dir / "best.pt", model, dm, device, tcfg.progress)
+    has_best = distributed.broadcast_object((run_dir / "best.pt").is_file() if main else None)
+    if tcfg.eval_test and not stopped_early and has_best:
+        test = evaluate_checkpoint_on_test(run_dir / "best.pt", model, dm, device, tcfg.progress and main,
+                                           distributed=dinfo.enabled)
         if test is not None:
             log.info("test (evaluation sets), best checkpoint (epoch %d): R@1 %.2f, R@1%% %.2f over %d run pairs",
                      best["epoch"] if best else -1, test["r1"], test["r1p"], test["pairs"])
@@ -402,8 +516,12 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
             train_times) > 0 else None,
         "wall_time_this_invocation_s": time.perf_counter() - t_run,
         "resumed_from": None if resumed_from is None else str(resumed_from),
+        "world_size": dinfo.world_size, "precision": tcfg.precision,
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    if main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    summary = distributed.broadcast_object(summary)
+    distributed.barrier()
     return summary
 
 
@@ -427,7 +545,7 @@ def input_spec(dm) -> dict[str, Any]:
 
 
 def evaluate_checkpoint_on_test(path: Path, model: nn.Module, dm, device: torch.device,
-                                progress: bool = False) -> dict[str, Any] | None:
+                                progress: bool = False, distributed: bool = False) -> dict[str, Any] | None:
     """Recall of the checkpoint's weights on the evaluation sets (``split == "eval"``); None when the dataset
     has no evaluation pickles."""
     from preprocessing.errors import InputError
@@ -445,7 +563,7 @@ def evaluate_checkpoint_on_test(path: Path, model: nn.Module, dm, device: torch.
     if skipped:
         log.warning("dropped rows in eval: %d %s", skipped, ds.skipped)
     res = evaluate(model, dm.eval_loader("eval", masks=False), sets, device=device, progress=progress,
-                   desc="test")
+                   desc="test", distributed=distributed)
     res["epoch"] = int(ckpt["epoch"])
     res["dropped_rows"] = dict(ds.skipped)
     res["missing"] = sets.missing

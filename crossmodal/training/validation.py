@@ -9,6 +9,9 @@ the model's own modalities: the fusion teacher uses both).
 
 Rows the dataset dropped (missing image, bad cloud) cannot be embedded: they are removed from the database (the
 true-neighbour indices are renumbered) and from the queries, and counted in :attr:`EvalSets.missing`.
+
+Under DDP (``distributed=True`` with several ranks) every rank embeds a contiguous share of the rows, the shares
+are gathered, and rank 0's recall is broadcast, so every rank returns the same figures.
 """
 
 from __future__ import annotations
@@ -95,28 +98,59 @@ def load_eval_sets(dataset, split: str = "val", benchmark_root: str | Path | Non
     return EvalSets(db_rows, q_rows, q_sets, missing)
 
 
+def shard_loader(loader: DataLoader) -> DataLoader:
+    """The same loader over this rank's contiguous share of its dataset (items keep their dataset ``index``)."""
+    from torch.utils.data import Subset
+
+    from . import distributed
+
+    start, stop = distributed.shard_range(len(loader.dataset))
+    return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size, shuffle=False,
+                      drop_last=False, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory)
+
+
 @torch.no_grad()
 def embed(model: nn.Module, loader: DataLoader, output: str = "descriptor", device: str | torch.device = "cpu",
-          progress: bool = False, desc: str = "embed") -> np.ndarray:
+          progress: bool = False, desc: str = "embed", distributed: bool = False) -> np.ndarray:
     """``[len(dataset), D]`` float32 outputs of ``model`` (eval mode, restored afterwards) over ``loader``'s
-    dataset, in dataset order."""
+    dataset, in dataset order. ``distributed``: every rank embeds its share and every rank gets the whole
+    matrix (one process: the same as without)."""
+    from . import distributed as dist_
+
+    n = len(loader.dataset)
+    shard = distributed and dist_.world_size() > 1
+    idx, out = _embed_rows(model, shard_loader(loader) if shard else loader, output, device, progress, desc)
+    if shard:
+        dims = dist_.all_reduce_sums({"d": out.shape[1] if len(idx) else 0, "k": 1 if len(idx) else 0})
+        dim = round(dims["d"] / max(dims["k"], 1))
+        out = out if len(idx) else torch.zeros(0, dim)
+        idx, out = dist_.gather_rows(idx), dist_.gather_rows(out)
+    if not len(idx):
+        return np.zeros((0, 0), np.float32)
+    result = np.zeros((n, out.shape[1]), np.float32)
+    result[idx.numpy()] = out.numpy()
+    return result
+
+
+def _embed_rows(model: nn.Module, loader: DataLoader, output: str, device: str | torch.device, progress: bool,
+                desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dataset indices [m] int64, outputs [m, D] float32 on the CPU) of ``loader``'s items."""
     was_training = model.training
     model.eval()
-    n = len(loader.dataset)
-    result: np.ndarray | None = None
+    idx: list[torch.Tensor] = []
+    outs: list[torch.Tensor] = []
     try:
         from tqdm import tqdm
 
-        it = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-        for batch in it:
-            idx = batch["indices"].numpy()
-            out = model(move_batch(batch, device))[output].float().cpu().numpy()
-            if result is None:
-                result = np.zeros((n, out.shape[1]), np.float32)
-            result[idx] = out
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+            idx.append(batch["indices"].to(torch.int64))
+            outs.append(model(move_batch(batch, device))[output].float().cpu())
     finally:
         model.train(was_training)
-    return result if result is not None else np.zeros((0, 0), np.float32)
+    if not idx:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0)
+    return torch.cat(idx), torch.cat(outs)
 
 
 def recall_from_embeddings(emb: np.ndarray, sets: EvalSets, metric: str = "euclidean") -> RecallResult:
@@ -126,9 +160,16 @@ def recall_from_embeddings(emb: np.ndarray, sets: EvalSets, metric: str = "eucli
 
 def evaluate(model: nn.Module, loader: DataLoader, sets: EvalSets, output: str = "descriptor",
              device: str | torch.device = "cpu", metric: str = "euclidean", progress: bool = False,
-             desc: str = "embed") -> dict[str, Any]:
-    """``{"r1", "r1p", "recall_at" (list), "pairs", "queries"}`` of ``model`` on ``sets``."""
-    emb = embed(model, loader, output, device, progress, desc)
-    res = recall_from_embeddings(emb, sets, metric)
-    return {"r1": float(res.recall_at[0]), "r1p": float(res.recall_one_percent),
-            "recall_at": [float(x) for x in res.recall_at], "pairs": int(res.pairs), "queries": int(res.queries)}
+             desc: str = "embed", distributed: bool = False) -> dict[str, Any]:
+    """``{"r1", "r1p", "recall_at" (list), "pairs", "queries"}`` of ``model`` on ``sets`` (``distributed``: the
+    rows embedded in shards, rank 0's figures on every rank)."""
+    from . import distributed as dist_
+
+    emb = embed(model, loader, output, device, progress, desc, distributed=distributed)
+    result = None
+    if dist_.is_main() or not distributed:
+        res = recall_from_embeddings(emb, sets, metric)
+        result = {"r1": float(res.recall_at[0]), "r1p": float(res.recall_one_percent),
+                  "recall_at": [float(x) for x in res.recall_at], "pairs": int(res.pairs),
+                  "queries": int(res.queries)}
+    return dist_.broadcast_object(result) if distributed else result

@@ -1,0 +1,31 @@
+"""Entry-point helpers that must run before torch loads (no torch import here).
+
+Under ``torchrun --nproc_per_node=N`` every process runs the whole Hydra entry point. Rank 0 owns the run folder
+(Hydra's ``.hydra/`` copy, the log file, the files the run writes); :func:`hydra_rank_overrides` gives the other
+ranks no run folder of their own and console-only logging, so a launch leaves one run folder. The entry points
+then take rank 0's run folder (``crossmodal.training.distributed.broadcast_object``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+#: Overrides for ranks > 0: the run folder is the current directory (created by nobody), no ``.hydra/`` copy, and
+#: Hydra's console-only job logging.
+RANK_OVERRIDES = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
+def torchrun_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` from torchrun's environment; ``(0, 1)`` outside torchrun."""
+    env = os.environ if environ is None else environ
+    try:
+        return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def hydra_rank_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Hydra overrides to append to the command line of a torchrun process of rank > 0 (none otherwise)."""
+    rank, world = torchrun_rank(environ)
+    return list(RANK_OVERRIDES) if world > 1 and rank > 0 else []
