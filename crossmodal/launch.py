@@ -9,6 +9,7 @@ then take rank 0's run folder (``crossmodal.training.distributed.broadcast_objec
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 
 #: Overrides for ranks > 0: the run folder is the current directory (created by nobody), no ``.hydra/`` copy, and
@@ -29,3 +30,10 @@ def hydra_rank_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
     """Hydra overrides to append to the command line of a torchrun process of rank > 0 (none otherwise)."""
     rank, world = torchrun_rank(environ)
     return list(RANK_OVERRIDES) if world > 1 and rank > 0 else []
+
+
+def quiet_launcher_schema_warning() -> None:
+    """Silence Hydra's "validated against ConfigStore schema with the same name" warning for this project's
+    ``configs/hydra/launcher/submitit_*.yaml`` (they take the plugin's names on purpose, so that
+    ``hydra/launcher=submitit_slurm`` gets this project's defaults, validated against the plugin's schema)."""
+    warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/submitit_\w+' is validated against ConfigStore")

@@ -42,7 +42,8 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from crossmodal.launch import hydra_rank_overrides
+    from crossmodal.launch import hydra_rank_overrides, quiet_launcher_schema_warning
 
+    quiet_launcher_schema_warning()
     sys.argv += hydra_rank_overrides()
     main()

@@ -1,8 +1,13 @@
 """Sparse layers. Parameter names and shapes follow MinkowskiEngine (``kernel`` ``[kernel_volume, in, out]``,
-batch norm under ``bn``), so the same weights run on both backends and ME checkpoints map onto them."""
+batch norm under ``bn``), so the same weights run on both backends and ME checkpoints map onto them.
+
+Mixed precision: the sparse convolutions always run in float32, also inside ``torch.autocast`` (MinkowskiEngine
+has no half / bfloat16 kernels on the CPU, and the built-in backend's scatter-add accumulates in the feature
+dtype); the dense layers around them follow autocast as usual."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -43,6 +48,13 @@ class _SparseConvBase(nn.Module):
                 f"bias={self.bias is not None}")
 
 
+@contextlib.contextmanager
+def _float32(x: SparseTensor):
+    """Autocast off, features in float32, for one sparse convolution."""
+    with torch.autocast(x.feats.device.type, enabled=False):
+        yield x if x.feats.dtype == torch.float32 else x.replace(x.feats.float())
+
+
 class SparseConv3d(_SparseConvBase):
     """Sparse 3-D convolution. Stride 1 keeps the coordinates; stride ``2**n`` outputs the unique
     ``floor(c / (s_in * stride)) * (s_in * stride)`` (MinkowskiEngine's strided coordinates). Output ``o`` reads
@@ -54,7 +66,8 @@ class SparseConv3d(_SparseConvBase):
     def forward(self, x: SparseTensor) -> SparseTensor:
         if x.num_channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.num_channels}")
-        return self._add_bias(x.backend.conv(x, self.kernel, self.kernel_size, self.stride))
+        with _float32(x) as x32:
+            return self._add_bias(x32.backend.conv(x32, self.kernel, self.kernel_size, self.stride))
 
 
 class SparseConvTranspose3d(_SparseConvBase):
@@ -82,7 +95,8 @@ class SparseConvTranspose3d(_SparseConvBase):
             raise ValueError("the target tensor must come from the same batch (backend instance) as the input")
         if target.stride * self.stride != x.stride:
             raise ValueError(f"target stride {target.stride} x {self.stride} != input stride {x.stride}")
-        return self._add_bias(x.backend.conv_transpose(x, kernel, self.kernel_size, target))
+        with _float32(x) as x32:
+            return self._add_bias(x32.backend.conv_transpose(x32, kernel.float(), self.kernel_size, target))
 
 
 class SparseBatchNorm(nn.Module):

@@ -36,7 +36,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return self._local(input)
         c = input.shape[1]
         dims = [0, *range(2, input.dim())]
-        x = input.float()
+        x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input  # statistics in >= fp32
         count = torch.tensor([x.numel() / max(c, 1)], dtype=x.dtype, device=x.device)
         first = distributed.all_reduce_sum_autograd(torch.cat([x.sum(dims), count]))
         n = first[c].detach()

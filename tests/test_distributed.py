@@ -1,0 +1,166 @@
+"""DDP under torchrun on CPU (gloo): the collectives and synchronised BatchNorm against single-process references,
+the sharded sampler, and teacher training with 2 processes against one process with the same global batch
+(through the real entry point, ``torchrun --nproc_per_node=2 scripts/train_teacher.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossmodal.data.fake import write_fake_manifest
+from crossmodal.data.sampler import PositivePairBatchSampler
+from crossmodal.launch import hydra_rank_overrides
+from crossmodal.training import distributed, load_checkpoint
+from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from crossmodal.training.testing import tiny_overrides, write_eval_pickles
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
+
+
+def script_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: int = 600, extra_env=None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=<nproc> <args>`` (the real launcher, as users run it)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = {**script_env(), **(extra_env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-6000:])
+    return proc
+
+
+def python(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-6000:])
+    return proc
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one process: everything is a no-op
+
+def test_one_process_helpers_are_no_ops():
+    assert not distributed.is_initialized() and distributed.info() == distributed.DistInfo()
+    t = torch.arange(6.0).reshape(3, 2)
+    assert distributed.gather_rows(t) is t and distributed.all_reduce_sum_autograd(t) is t
+    assert distributed.all_reduce_sums({"a": 1, "b": 2.5}) == {"a": 1.0, "b": 2.5}
+    assert distributed.broadcast_object({"x": 1}) == {"x": 1}
+    distributed.barrier()
+    assert distributed.init_from_env("cpu") == distributed.DistInfo()  # not under torchrun: nothing to join
+    assert [distributed.shard_range(7, r, 3) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+
+
+def test_rank_overrides_only_for_ranks_above_zero():
+    assert hydra_rank_overrides({}) == []
+    assert hydra_rank_overrides({"RANK": "0", "WORLD_SIZE": "2"}) == []
+    assert hydra_rank_overrides({"RANK": "1", "WORLD_SIZE": "2"}) == ["hydra.run.dir=.", "hydra.output_subdir=null",
+                                                                    "hydra/job_logging=stdout"]
+
+
+def test_sync_batchnorm_alone_is_batchnorm():
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    conv = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    model, n = conv
+    assert n == 1 and isinstance(model[1], SyncBatchNorm)
+    model.load_state_dict(ref.state_dict())
+    assert set(model.state_dict()) == set(ref.state_dict())  # checkpoints stay interchangeable
+    x = torch.randn(5, 3, 8, 8)
+    for train in (True, False):
+        ref.train(train)
+        model.train(train)
+        assert torch.equal(model(x), ref(x))
+    assert torch.equal(model[1].running_var, ref[1].running_var)
+
+
+def test_sharded_sampler_rebuilds_the_single_process_batches():
+    class Line:  # item i is a positive of i +- 1
+        def __len__(self):
+            return 41
+
+        def positives(self, i):
+            return np.array([j for j in (i - 1, i + 1) if 0 <= j < 41])
+
+    single = PositivePairBatchSampler(Line(), 10, seed=3)
+    ranks = [PositivePairBatchSampler(Line(), 10, seed=3, num_replicas=3, rank=r, partition="shards")
+             for r in range(3)]
+    for epoch in (0, 1):
+        for s in (single, *ranks):
+            s.set_epoch(epoch)
+        parts = [list(r) for r in ranks]
+        assert len({len(p) for p in parts}) == 1
+        glued = [[x for p in parts for x in p[i]] for i in range(len(parts[0]))]
+        assert glued == list(single)[:len(glued)]
+        assert all(abs(len(parts[0][i]) - len(parts[2][i])) <= 1 for i in range(len(glued)))
+    with pytest.raises(ValueError, match="partition"):
+        PositivePairBatchSampler(Line(), 10, partition="rows")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# two processes (gloo)
+
+def test_collectives_and_sync_batchnorm_on_two_processes(tmp_path):
+    out = tmp_path / "result.json"
+    torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(out), cwd=tmp_path)
+    res = json.loads(out.read_text())
+    assert res["gather_forward"] == 0.0 and res["all_reduce_sums"] == 0.0 and res["broadcast"] == 0.0
+    for key, err in res.items():
+        assert err < 1e-12, (key, err)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake")
+    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
+    write_eval_pickles(root)
+    return root
+
+
+def _rows(history):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in history]
+
+
+def test_two_process_teacher_matches_one_process_with_the_same_global_batch(fake, tmp_path):
+    """2 ranks x 4 items vs 1 process x 8 items per step, BatchNorm synchronised (sync_batchnorm=true; without it
+    each rank normalises its own 4 items, a different function). Losses, non-zero triplet shares, batch sizes,
+    sample counts and validation / test recall agree; weights to float32 round-off. SGD: its update is linear
+    in the gradient, so the comparison sees the gradients (Adam's first steps move every weight by about +-lr
+    whatever the gradient's size, which turns round-off in near-zero gradients into lr-sized differences)."""
+    common = [*tiny_overrides("fusion"), f"dataset_dir={fake}", "trainer.epochs=2", "optimizer.milestones=[1]",
+              "trainer.max_steps_per_epoch=3", "trainer.sync_batchnorm=true", "trainer.deterministic=true",
+              "optimizer.name=sgd", "optimizer.branch_lr.image=0.01", "optimizer.branch_lr.cloud=0.01"]
+    python(str(ROOT / "scripts" / "train_teacher.py"), *common, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    proc = torchrun(str(ROOT / "scripts" / "train_teacher.py"), *common, f"hydra.run.dir={tmp_path / 'two'}",
+                    cwd=tmp_path)
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert one["world_size"] == 1 and two["world_size"] == 2 and two["finished"]
+    assert "DDP: rank 0 of 2" in (tmp_path / "two" / "train_teacher.log").read_text()
+    assert "Traceback" not in proc.stderr
+    # rank 1 wrote nothing: no second run folder, nothing in the working directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    ra, rb = _rows(a["history"]), _rows(b["history"])
+    for x, y in zip(ra, rb, strict=True):
+        for k in ("batch_size", "steps", "samples", "epoch"):
+            assert x[k] == y[k], k
+        for k in ("loss", "non_zero_fraction", "num_triplets", "val_r1", "val_r1p"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (k, x[k], y[k])
+    assert one["test_best_checkpoint"]["r1"] == pytest.approx(two["test_best_checkpoint"]["r1"], abs=1e-6)
+    worst = max(float((v.double() - b["model"][k].double()).abs().max()) for k, v in a["model"].items()
+                if v.is_floating_point())
+    assert worst < 1e-5, worst
+    assert ra[0]["loss"] != ra[1]["loss"]  # it trained
