@@ -50,9 +50,9 @@ class _SparseConvBase(nn.Module):
 
 @contextlib.contextmanager
 def _float32(x: SparseTensor):
-    """Autocast off, features in float32, for one sparse convolution."""
+    """Autocast off, half / bfloat16 features in float32, for one sparse convolution."""
     with torch.autocast(x.feats.device.type, enabled=False):
-        yield x if x.feats.dtype == torch.float32 else x.replace(x.feats.float())
+        yield x.replace(x.feats.float()) if x.feats.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class SparseConv3d(_SparseConvBase):
@@ -84,19 +84,19 @@ class SparseConvTranspose3d(_SparseConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=True)
 
     def forward(self, x: SparseTensor, target: SparseTensor, pre: SparseConv3d | None = None) -> SparseTensor:
-        kernel = self.kernel
-        if pre is not None:
-            if (pre.kernel_size, pre.stride, pre.bias) != (1, 1, None) or pre.out_channels != self.in_channels:
-                raise ValueError("pre must be a bias-free 1x1 stride-1 SparseConv3d feeding this layer's channels")
-            kernel = pre.kernel[0] @ kernel
-        if x.num_channels != kernel.shape[1]:
-            raise ValueError(f"expected {kernel.shape[1]} input channels, got {x.num_channels}")
-        if x.backend is not target.backend:
-            raise ValueError("the target tensor must come from the same batch (backend instance) as the input")
-        if target.stride * self.stride != x.stride:
-            raise ValueError(f"target stride {target.stride} x {self.stride} != input stride {x.stride}")
         with _float32(x) as x32:
-            return self._add_bias(x32.backend.conv_transpose(x32, kernel.float(), self.kernel_size, target))
+            kernel = self.kernel
+            if pre is not None:
+                if (pre.kernel_size, pre.stride, pre.bias) != (1, 1, None) or pre.out_channels != self.in_channels:
+                    raise ValueError("pre must be a bias-free 1x1 stride-1 SparseConv3d feeding this layer's channels")
+                kernel = pre.kernel[0] @ kernel
+            if x32.num_channels != kernel.shape[1]:
+                raise ValueError(f"expected {kernel.shape[1]} input channels, got {x32.num_channels}")
+            if x32.backend is not target.backend:
+                raise ValueError("the target tensor must come from the same batch (backend instance) as the input")
+            if target.stride * self.stride != x32.stride:
+                raise ValueError(f"target stride {target.stride} x {self.stride} != input stride {x32.stride}")
+            return self._add_bias(x32.backend.conv_transpose(x32, kernel, self.kernel_size, target))
 
 
 class SparseBatchNorm(nn.Module):
