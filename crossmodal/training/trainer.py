@@ -15,11 +15,14 @@ the teacher reads), the loss (``cfg.teacher_loss``), the optimiser and schedule 
   keep ``best.pt``; ``last.pt`` every epoch; the CSV log ``metrics.csv`` rewritten every epoch;
 - at the end, the best checkpoint is evaluated once on the evaluation (test) sets, and ``summary.json`` written.
 
-Resume (``resume=true``: the newest ``last.pt`` among the sibling run folders of the same teacher, or
-``trainer.resume=<last.pt or run folder>``) restores model, optimiser, scheduler, batch size, RNG states, best
+Resume (``resume: auto``, the default of ``configs/train_teacher.yaml``: the newest sibling run folder of the same
+config when it is unfinished; ``resume=true``: the newest ``last.pt`` among the sibling run folders of the same
+teacher; or ``trainer.resume=<last.pt or run folder>``) restores model, optimiser, scheduler, batch size, RNG states, best
 figures and history, after checking the model class, state-dict layout and config
 (:func:`~crossmodal.training.checkpoint.check_compatible`); on CPU with the same seed it ends with the same metrics
 as an uninterrupted run. The resumed run writes into its own run folder (history and ``best.pt`` carried over).
+
+Under ``torchrun`` the loop runs data-parallel (:mod:`crossmodal.training.step`, ``docs/scaling.md``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,141 @@
+"""Data-parallel scaling of the student step (``scripts/bench_scaling.py``).
+
+**What is timed**: the distilled student's training step as :func:`~crossmodal.training.trainer.fit` runs it
+(:class:`~crossmodal.training.step.StepRunner`: the rank's share of the global batch through the student, the
+embeddings gathered, the objective on the global batch, backward, DDP's gradient all-reduce, Adam), with the
+teacher's outputs looked up in a teacher cache (random values of the fusion teacher's sizes: the lookup is what the
+step pays). Every configuration steps **the same global batches** (real collated training images of the
+dataset, loaded and moved to the device before the clock starts), so 1 process and N processes do the same work.
+
+**How**: :func:`worker` runs in every process of a ``torchrun --standalone --nproc_per_node=N`` launch (N = 1 is a
+plain process); after ``warmup`` steps, each of ``steps`` steps is timed between barriers (rank 0's clock; CUDA
+synchronised) and the median is kept. ``samples/s = global batch / median step time``; scaling efficiency of N
+processes = ``samples/s(N) / (N x samples/s(1 process, same threads per process))``. :func:`run_all` launches the
+configurations one after another, ``rounds`` times (interleaved, so that drifting machine load hits all alike),
+and reports the median over rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .bench_distill import compose, random_cache
+from .objective import StepLoss
+from .step import StepRunner
+
+
+def worker(dataset_dir: str, distill: str = "feature_l2", global_batch: int = 32, steps: int = 8, warmup: int = 2,
+           threads: int = 1, device: str = "cpu", sync_batchnorm: bool = False,
+           overrides: Sequence[str] = ()) -> dict[str, Any] | None:
+    """One process of a launch; returns the figures on rank 0 (None elsewhere)."""
+    from hydra.utils import instantiate
+
+    torch.set_num_threads(int(threads))
+    info = distributed.init_from_env(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and info.enabled:
+        dev = torch.device("cuda", info.local_rank)
+    cfg = compose(distill, dataset_dir, [f"data.batch_size={global_batch}", "data.num_workers=0",
+                                         "data.require=[image]", *overrides])
+    dm = instantiate(cfg.data, modalities=["image"])
+    if info.enabled:
+        loader = dm.train_loader(num_replicas=info.world_size, rank=info.rank, partition="shards")
+    else:
+        loader = dm.train_loader()
+    torch.manual_seed(0)
+    model = instantiate(cfg.student).to(dev).train()
+    objective = instantiate(cfg.distill.objective).to(dev)
+    train = dm.dataset("train")
+    runner = StepRunner(model, dev, tuples=train.tuples, sync_batchnorm=sync_batchnorm,
+                        extra_params=list(objective.parameters()))
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(objective.parameters()), lr=1e-4)
+    cache = random_cache(train.sample_ids)
+    sizes = [len(b) for b in loader.batch_sampler.global_batches()]
+    batches = []
+    for size, batch in zip(sizes, loader):
+        if size < global_batch:
+            continue  # a short last batch (the same decision on every rank): keep the global batch size fixed
+        batches.append(runner.prepare(batch))
+        if len(batches) >= 4:
+            break
+    if not batches:
+        raise ValueError(f"{dataset_dir}: no full training batch of {global_batch}")
+
+    def one(batch) -> None:
+        teacher = None
+        if objective.cache_outputs:
+            ids = batch["global_sample_ids"]
+            teacher = objective.teacher_input(lambda out: cache.lookup(ids, out, device=dev))
+        optimizer.zero_grad(set_to_none=True)
+        runner.forward_backward(batch, StepLoss(objective, teacher), (objective.output,))
+        runner.optimizer_step(optimizer)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        distributed.barrier()
+
+    for i in range(warmup):
+        one(batches[i % len(batches)])
+    times = []
+    for i in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        one(batches[i % len(batches)])
+        sync()
+        times.append(time.perf_counter() - t0)
+    result = None
+    if info.is_main:
+        step_s = statistics.median(times)
+        result = {"procs": info.world_size, "threads": int(threads), "device": str(device), "distill": distill,
+                  "global_batch": int(batches[0]["global_batch_size"]), "ms_per_step": 1000 * step_s,
+                  "samples_per_s": batches[0]["global_batch_size"] / step_s, "steps": steps,
+                  "sync_batchnorm": sync_batchnorm}
+    distributed.teardown()
+    return result
+
+
+def launch(procs: int, script: str | Path, args: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script --worker <args>`` under ``torchrun --standalone --nproc_per_node=procs``; rank 0's figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+               str(script), "--worker", "--out", str(out), *args]
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+def run_all(script: str | Path, configs: Sequence[tuple[int, int]], args: Sequence[str], rounds: int = 2
+            ) -> list[dict[str, Any]]:
+    """Every ``(procs, threads per process)`` configuration, ``rounds`` interleaved times; median per config."""
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for procs, threads in configs:
+            runs[(procs, threads)].append(launch(procs, script, [*args, "--threads", str(threads)]))
+    rows = []
+    for (procs, threads), results in runs.items():
+        row = dict(results[0])
+        row["ms_per_step"] = statistics.median(r["ms_per_step"] for r in results)
+        row["samples_per_s"] = statistics.median(r["samples_per_s"] for r in results)
+        row["rounds_ms"] = [round(r["ms_per_step"], 1) for r in results]
+        rows.append(row)
+    for row in rows:
+        base = next((r for r in rows if r["procs"] == 1 and r["threads"] == row["threads"]), None)
+        row["speedup"] = row["samples_per_s"] / base["samples_per_s"] if base else None
+        row["efficiency"] = row["speedup"] / row["procs"] if base else None
+    return rows
