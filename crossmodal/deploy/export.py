@@ -189,26 +189,31 @@ def torchscript_parity(model, ts_path: str | Path, inputs: Any = None, spec: Inp
 def export_student(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[str] = ("onnx", "torchscript"),
                    image_size: Sequence[int] | None = None, check: bool = True, batch: int = 4,
                    threads: int | None = None) -> dict[str, Any]:
-    """Export a student checkpoint to ``out_dir/student.onnx`` and ``student.torchscript.pt``; with ``check``,
-    the max abs differences against eager PyTorch (``parity``). A teacher checkpoint is refused."""
+    """Export a student checkpoint to ``out_dir/student.onnx`` and ``student.torchscript.pt`` (GeM exponent frozen,
+    :func:`~crossmodal.deploy.localizer.freeze_for_inference`); with ``check``, the max abs differences against
+    the checkpoint's own model in eager PyTorch (``parity``). A teacher checkpoint is refused."""
+    from crossmodal.training.checkpoint import build_model
+
     from .localizer import load_student
 
     bad = sorted(set(formats) - {"onnx", "torchscript"})
     if bad:
         raise ValueError(f"unknown export format(s) {bad}; use onnx and/or torchscript")
-    model, spec, identity, _ = load_student(checkpoint, image_size=image_size)
+    model, spec, identity, ckpt = load_student(checkpoint, image_size=image_size)
+    reference = build_model(ckpt).eval()  # the unfrozen model, as trained: parity covers freezing and export
     out = Path(out_dir)
     result: dict[str, Any] = {"input": spec.to_dict(), "model": identity, "parity": {}}
     x = example_input(spec, batch, seed=1)
     if "onnx" in formats:
         result["onnx"] = str(export_onnx(model, out / "student.onnx", spec, identity))
         if check:
-            result["parity"]["onnx_max_abs_diff"] = onnx_parity(model, result["onnx"], x, threads=threads)
+            result["parity"]["onnx_max_abs_diff"] = onnx_parity(reference, result["onnx"], x, threads=threads)
     if "torchscript" in formats:
         result["torchscript"] = str(export_torchscript(model, out / "student.torchscript.pt", spec, identity))
         if check:
-            result["parity"]["torchscript_max_abs_diff"] = torchscript_parity(model, result["torchscript"], x)
+            result["parity"]["torchscript_max_abs_diff"] = torchscript_parity(reference, result["torchscript"], x)
     if check:
         result["parity"]["inputs"] = f"{batch} random 8-bit images of {spec.size_text}, normalised"
-        result["parity"]["descriptor_abs_max"] = float(np.abs(_eager(model, x)).max())
+        result["parity"]["descriptor_abs_max"] = float(np.abs(_eager(reference, x)).max())
+        result["parity"]["frozen_eager_max_abs_diff"] = float(np.abs(_eager(model, x) - _eager(reference, x)).max())
     return result

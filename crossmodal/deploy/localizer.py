@@ -63,9 +63,36 @@ def weights_digest(state: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def load_student(path: str | Path, device: str = "cpu", image_size: Sequence[int] | None = None):
-    """``(model, input spec, identity, checkpoint)`` of a student checkpoint; :class:`NotAStudentError` for a
-    teacher."""
+def freeze_for_inference(model):
+    """Inference-time simplification, in place: every GeM pooling's learned exponent becomes a Python float
+    (``x ** 3.0`` runs a specialised kernel; ``x ** tensor`` a generic exp/log one, 4–8x slower on the feature
+    map). The outputs are unchanged up to float rounding; the model can no longer learn ``p``."""
+    import torch
+
+    from crossmodal.models.pooling import GeM
+
+    class FrozenGeM(torch.nn.Module):
+        def __init__(self, p: float, eps: float):
+            super().__init__()
+            self.p, self.eps = p, eps
+
+        def forward(self, x):
+            return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+        def extra_repr(self) -> str:
+            return f"p={self.p:.4f} (frozen), eps={self.eps}"
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GeM):
+                setattr(parent, name, FrozenGeM(float(child.p.detach().reshape(-1)[0]), float(child.eps)))
+    return model.eval()
+
+
+def load_student(path: str | Path, device: str = "cpu", image_size: Sequence[int] | None = None,
+                 freeze: bool = True):
+    """``(model, input spec, identity, checkpoint)`` of a student checkpoint, in eval mode (``freeze``: with
+    :func:`freeze_for_inference` applied); :class:`NotAStudentError` for a teacher."""
     import torch
 
     from crossmodal.training.checkpoint import build_model, load_checkpoint
@@ -83,6 +110,8 @@ def load_student(path: str | Path, device: str = "cpu", image_size: Sequence[int
     model = build_model(ckpt).to(device).eval()
     if isinstance(getattr(model, "cloud", None), torch.nn.Module):
         raise NotAStudentError(f"{path}: role 'student' but {ckpt.get('model_class')} has a LiDAR ('cloud') branch")
+    if freeze:
+        freeze_for_inference(model)
     identity = {"model_class": ckpt.get("model_class"), "fingerprint": ckpt.get("fingerprint"),
                 "weights_sha256": weights_digest(ckpt["model"]), "checkpoint": str(path),
                 "epoch": ckpt.get("epoch")}
@@ -196,7 +225,8 @@ class Localizer:
     def add_database(self, items: Any, positions: Any, ids: Sequence[Any] | None = None,
                      progress: bool = False) -> int:
         """Add entries: images (embedded here) or an ``[N, D]`` float descriptor array, with ``[N, 2]`` positions
-        and optional ids (default: running numbers; file names for image paths). Returns the database size."""
+        and optional ids (default: running numbers; file names for image paths). Returns the database size.
+        An IVF index is trained on the first call's descriptors: add a large database in one call."""
         if hasattr(items, "detach") and hasattr(items, "numpy"):  # a torch tensor of descriptors
             items = items.detach().cpu().numpy()
         if self._is_descriptors(items):
