@@ -32,7 +32,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--skip", nargs="*", default=[], choices=["step", "losses", "memory"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["step", "losses", "memory", "step-memory"])
+    p.add_argument("--step-memory", nargs="+", default=["none", "distilvpr"], metavar="DISTILL",
+                   help="objectives whose student step at --step-memory-batch is measured for peak memory")
+    p.add_argument("--step-memory-batch", type=int, default=512)
+    p.add_argument("--max-chunk", type=int, default=None, help="multi-stage backprop chunk for the step memory")
     args = p.parse_args()
 
     import torch
@@ -41,6 +45,7 @@ def main() -> None:
         loss_memory_subprocess,
         loss_time,
         step_ratio,
+        student_step_memory_subprocess,
     )
 
     torch.set_num_threads(args.threads)
@@ -71,6 +76,18 @@ def main() -> None:
                     m = loss_memory_subprocess(d, b, args.dim, args.device, args.threads, args.dataset_dir)
                     cells.append("-" if m["peak_mb"] is None else f"{m['peak_mb']:.0f}")
             print(f"| {d} | " + " | ".join(cells) + " |", flush=True)
+    if "step-memory" not in args.skip:
+        print(f"\nstudent training step at batch {args.step_memory_batch} (max_chunk {args.max_chunk}), fresh process")
+        print("| distill | RSS before step (MB) | peak during step (MB) |")
+        print("|---|---:|---:|")
+        for d in args.step_memory:
+            m = student_step_memory_subprocess(d, args.step_memory_batch, args.dataset_dir, args.device,
+                                               args.max_chunk, args.threads)
+            if "peak_mb" in m:
+                print(f"| {d} | - | {m['peak_mb']:.0f} (CUDA) |", flush=True)
+            else:
+                peak = "-" if m["peak_rss_mb"] is None else f"{m['peak_rss_mb']:.0f}"
+                print(f"| {d} | {m['rss_before_mb']:.0f} | {peak} |", flush=True)
 
 
 def _cpu_name() -> str:

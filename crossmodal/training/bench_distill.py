@@ -178,3 +178,56 @@ def loss_memory_subprocess(distill: str, batch_size: int, dim: int = 384, device
     if proc.returncode:
         raise RuntimeError(f"memory probe of {distill} at B={batch_size} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def student_step_memory(distill: str, batch_size: int, dataset_dir: str, device: str = "cpu",
+                        max_chunk: int | None = None) -> dict[str, Any]:
+    """Peak memory of one student training step (forward, objective, backward, Adam) at ``batch_size`` on real
+    images, teacher outputs from a random in-memory cache; run it in a fresh process
+    (:func:`student_step_memory_subprocess`). Resident memory before the step and the peak during it (CPU), or
+    CUDA ``max_memory_allocated`` above what was allocated before."""
+    from hydra.utils import instantiate
+
+    device_t = torch.device(device)
+    cfg = compose(distill, dataset_dir, [f"data.batch_size={batch_size}", "data.num_workers=0",
+                                         "data.require=[image]"])
+    dm = instantiate(cfg.data, modalities=["image"])
+    batch = move_batch(next(iter(dm.train_loader())), device_t)
+    cache = random_cache(dm.dataset("train").sample_ids)
+    model = instantiate(cfg.student).to(device_t).train()
+    objective = instantiate(cfg.distill.objective).to(device_t)
+    opt = torch.optim.Adam(list(model.parameters()) + list(objective.parameters()), lr=1e-4)
+    teacher = None
+    if objective.cache_outputs:
+        teacher = objective.teacher_input(lambda out: cache.lookup(batch["sample_ids"], out, device=device_t))
+    out: dict[str, Any] = {"distill": distill, "batch_size": int(batch["indices"].shape[0]), "max_chunk": max_chunk}
+    if device_t.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = status_mb("VmRSS")
+        ok = reset_peak_rss()
+    forward_backward(model, batch, StepLoss(objective, teacher), (objective.output,), max_chunk)
+    opt.step()
+    if device_t.type == "cuda":
+        out.update(peak_mb=(torch.cuda.max_memory_allocated() - before) / 2**20, method="cuda")
+    else:
+        peak = status_mb("VmHWM")
+        out.update(rss_before_mb=before, peak_rss_mb=peak if ok else None, method="VmHWM" if ok else "unavailable")
+    return out
+
+
+def student_step_memory_subprocess(distill: str, batch_size: int, dataset_dir: str, device: str = "cpu",
+                                   max_chunk: int | None = None, threads: int = 2) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    code = (f"import json, torch; torch.set_num_threads({threads}); "
+            f"from crossmodal.training.bench_distill import student_step_memory; "
+            f"print(json.dumps(student_step_memory({distill!r}, {batch_size}, {dataset_dir!r}, {device!r}, "
+            f"{max_chunk!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"student step memory probe ({distill}, B={batch_size}) failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
