@@ -184,14 +184,17 @@ def bench_matching(args, out: dict) -> None:
     data = Places(args.places, dim, args.latent_dim, args.spread, args.noise, seed=3)
     spec = IndexSpec("ivf", nlist=args.nlist, nprobe=max(args.nprobe))
     spec.train_size = args.train_size or 40 * spec.nlist_for(n)
-    ivf = SearchIndex(dim, "euclidean", spec)  # trained on train_size rows of the first block
+    # each trained on train_size rows of the first block
+    ivfs = {enc: SearchIndex(dim, "euclidean", IndexSpec(**{**spec.to_dict(), "encoding": enc}))
+            for enc in args.encoding}
     flat = SearchIndex(dim, "euclidean", "flat")
     from tqdm import tqdm
 
     chunk = max(chunk, spec.train_size)  # the first block holds the IVF training sample
     for s in tqdm(range(0, n, chunk), desc=f"building {n} x {dim}", leave=False):
         block = data.views(np.arange(s, min(n, s + chunk)) % args.places, s + 1)
-        ivf.add(block)
+        for ivf in ivfs.values():
+            ivf.add(block)
         flat.add(block)
     build = time.perf_counter() - t0
     q_places = rng.integers(0, args.places, args.queries)
@@ -200,26 +203,29 @@ def bench_matching(args, out: dict) -> None:
     _, ids = flat.search(q, 1)
     flat_ms = (time.perf_counter() - t0) / len(q) * 1000
     flat_r1 = float((ids[:, 0] % args.places == q_places).mean() * 100)
-    imbalance = ivf.imbalance()
+    imbalance = next(iter(ivfs.values())).imbalance() if ivfs else 1.0
     print(f"matching {n // 1_000_000 if n >= 1_000_000 else n}{'M' if n >= 1_000_000 else ''} x {dim} "
           f"({args.places} places, latent dim {args.latent_dim}, spread {args.spread}, noise {args.noise}; built in "
           f"{build:.0f} s; IVF list imbalance {imbalance:.2f}): flat Recall@1 {flat_r1:.2f} %, {flat_ms:.2f} ms/query")
     res = {"n": n, "flat_r1": flat_r1, "flat_ms_per_query": flat_ms, "build_s": build, "nlist": spec.nlist_for(n),
            "imbalance": imbalance, "ivf": {}}
-    for nprobe in args.nprobe:
-        ivf.configure(nprobe=nprobe)
-        t = interleaved({"batched": lambda: ivf.search(q, k),
-                         "single": lambda: [ivf.search(r[None], k) for r in q[:50]]}, min(args.repeats, 3))
-        _, ids = ivf.search(q, 1)
-        r1 = float((ids[:, 0] % args.places == q_places).mean() * 100)
-        batched, single = t["batched"] / len(q) * 1000, t["single"] / 50 * 1000
-        ok = batched <= 1.0 and flat_r1 - r1 <= 1.0
-        res["ivf"][nprobe] = {"r1": r1, "r1_loss": flat_r1 - r1, "batched_ms_per_query": batched, "single_ms": single}
-        print(f"  IVF nlist {res['nlist']} nprobe {nprobe:>3}: Recall@1 {r1:.2f} % ({flat_r1 - r1:+.2f} points "
-              f"below flat), {batched:.3f} ms/query amortised, {single:.3f} ms single "
-              f"(target <= 1 ms and <= 1 point: {'PASS' if ok else 'FAIL'})")
-        if batched > 10:  # larger nprobe only gets slower
-            break
+    for enc, ivf in ivfs.items():
+        res["ivf"][enc] = {}
+        for nprobe in args.nprobe:
+            ivf.configure(nprobe=nprobe)
+            t = interleaved({"batched": lambda ivf=ivf: ivf.search(q, k),
+                             "single": lambda ivf=ivf: [ivf.search(r[None], k) for r in q[:50]]}, min(args.repeats, 3))
+            _, ids = ivf.search(q, 1)
+            r1 = float((ids[:, 0] % args.places == q_places).mean() * 100)
+            batched, single = t["batched"] / len(q) * 1000, t["single"] / 50 * 1000
+            ok = batched <= 1.0 and flat_r1 - r1 <= 1.0
+            res["ivf"][enc][nprobe] = {"r1": r1, "r1_loss": flat_r1 - r1, "batched_ms_per_query": batched,
+                                       "single_ms": single}
+            print(f"  IVF-{enc} nlist {res['nlist']} nprobe {nprobe:>3}: Recall@1 {r1:.2f} % ({flat_r1 - r1:+.2f} "
+                  f"points below flat), {batched:.3f} ms/query amortised, {single:.3f} ms single "
+                  f"(target <= 1 ms and <= 1 point: {'PASS' if ok else 'FAIL'})")
+            if batched > 10:  # larger nprobe only gets slower
+                break
     out["match_1m_ivf"] = res
 
 
@@ -237,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=0.1, help="isotropic 384-d noise of every view")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(n): 4000 at 1M)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--encoding", nargs="+", default=["flat", "sq8"], choices=["flat", "sq8"],
+                        help="IVF storage: float32 vectors and/or 8-bit scalar quantised")
     parser.add_argument("--train-size", type=int, default=None,
                         help="IVF k-means training rows (default 40 per list, the 39 k-means asks for)")
     parser.add_argument("--skip-1m", action="store_true")

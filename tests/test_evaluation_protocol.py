@@ -108,7 +108,7 @@ def test_euclidean_and_cosine_rank_differently():
     assert pnv_evaluate(db, qs, sets, metric="cosine").recall.recall_at[0] == 100.0
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8", "hnsw"])
 def test_approximate_indexes_measured_against_flat(kind):
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(40, 16))
@@ -117,7 +117,8 @@ def test_approximate_indexes_measured_against_flat(kind):
     sets = [{k: {1: list(range(10 * k, 10 * k + 10))} for k in range(40)},
             {k: {0: list(range(10 * k, 10 * k + 10))} for k in range(40)}]
     flat = pnv_evaluate(db, qs, sets, index="flat").recall
-    approx = pnv_evaluate(db, qs, sets, index=IndexSpec(kind, nprobe=4)).recall
+    spec = IndexSpec("ivf", nprobe=4, encoding="sq8") if kind == "ivf-sq8" else IndexSpec(kind, nprobe=4)
+    approx = pnv_evaluate(db, qs, sets, index=spec).recall
     assert flat.recall_at[0] == 100.0
     assert abs(flat.recall_at[0] - approx.recall_at[0]) <= 5.0
 
@@ -128,6 +129,10 @@ def test_bad_inputs_are_named():
         pnv_evaluate(db, qs, sets, metric="manhattan")
     with pytest.raises(ValueError, match="unknown index kind 'annoy'"):
         pnv_evaluate(db, qs, sets, index="annoy")
+    with pytest.raises(ValueError, match="unknown IVF encoding 'pq'"):
+        pnv_evaluate(db, qs, sets, index={"kind": "ivf", "encoding": "pq"})
+    with pytest.raises(ValueError, match=r"unknown index option\(s\) \['nprob'\]"):
+        pnv_evaluate(db, qs, sets, index={"kind": "ivf", "nprob": 4})
     with pytest.raises(ValueError, match="one entry per run"):
         pnv_evaluate(db, qs[:1], sets)
     with pytest.raises(ValueError, match="run 1: 1 query descriptors but 2 queries"):

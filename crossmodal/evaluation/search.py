@@ -5,9 +5,10 @@ descriptors (not squared; PointNetVLAD / MinkLoc++ rank with a KDTree on raw des
 (descriptors L2-normalised; DistilVPR). faiss is imported on first use only.
 
 - ``flat`` (default): ``IndexFlatL2`` / ``IndexFlatIP``, exact (float32).
-- ``ivf``: ``IndexIVFFlat``; ``nlist`` lists (default ``4·sqrt(n)``, at most ``n // 39`` so every list has the 39
-  training points k-means asks for), ``nprobe`` lists visited per query. Approximate: measure its recall against
-  ``flat`` (:func:`crossmodal.evaluation.evaluate_descriptors` does when asked for another index).
+- ``ivf``: ``IndexIVFFlat`` (``encoding: sq8``: ``IndexIVFScalarQuantizer``, 8 bits per value); ``nlist`` lists
+  (default ``4·sqrt(n)``, at most ``n // 39`` so every list has the 39 training points k-means asks for),
+  ``nprobe`` lists visited per query. Approximate: :func:`crossmodal.evaluation.evaluate_checkpoints` measures
+  its recall against ``flat`` whenever another index is asked for.
 - ``hnsw``: ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_construction``, ``ef_search``). Approximate.
 - ``numpy``: exact float64 brute force, the reference the faiss indexes are tested against.
 
@@ -51,11 +52,14 @@ class IndexSpec:
     ef_construction: int = 40
     ef_search: int = 128
     train_size: int | None = None  #: IVF k-means training sample (None: faiss's default, 256 per list)
+    encoding: str = "flat"  #: IVF vector storage: flat (float32) or sq8 (8-bit scalar quantiser, 4x less memory)
     seed: int = 0
 
     def __post_init__(self):
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}; use one of {INDEX_KINDS}")
+        if self.encoding not in ("flat", "sq8"):
+            raise ValueError(f"unknown IVF encoding {self.encoding!r}; use 'flat' or 'sq8'")
         for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"index {name} must be >= 1, got {getattr(self, name)}")
@@ -95,7 +99,8 @@ class IndexSpec:
             return "numpy brute force, float64 (exact)"
         if self.kind == "ivf":
             nlist = self.nlist_for(n) if n is not None else (self.nlist or "4*sqrt(n)")
-            return f"faiss IndexIVFFlat (nlist {nlist}, nprobe {self.nprobe}; approximate)"
+            name = "IndexIVFFlat" if self.encoding == "flat" else "IndexIVFScalarQuantizer (8-bit)"
+            return f"faiss {name} (nlist {nlist}, nprobe {self.nprobe}; approximate)"
         return f"faiss IndexHNSWFlat (M {self.hnsw_m}, efSearch {self.ef_search}; approximate)"
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,7 +177,10 @@ class SearchIndex:
             return index
         nlist = spec.nlist_for(len(train))
         quantizer = faiss.IndexFlatL2(self.dim) if self.metric == "euclidean" else faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)
+        if spec.encoding == "sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, metric)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)
         index.cp.seed = int(spec.seed)
         if spec.train_size is not None and len(train) > spec.train_size:
             rng = np.random.default_rng(spec.seed)
