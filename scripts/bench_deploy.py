@@ -83,8 +83,11 @@ def bench_extraction(args, out: dict) -> None:
     h, w = args.image_size
     tmp = Path(tempfile.mkdtemp(prefix="bench_deploy_"))
     ckpt = make_student_checkpoint(tmp / "student.pt", "image", image_size=(h, w), seed=0)
+    from crossmodal.training.checkpoint import build_model, load_checkpoint
+
     loc = Localizer.from_checkpoint(ckpt, batch_size=args.batch)
-    bare = bare_network(loc.model)
+    trained = build_model(load_checkpoint(ckpt)).eval()  # as trained: GeM's exponent a tensor (the API freezes it)
+    bare = bare_network(trained)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, h, w, 3), dtype=np.uint8)
     listed = list(images)
@@ -93,9 +96,6 @@ def bench_extraction(args, out: dict) -> None:
     print(f"extraction: ImageStudent (ResNet18 -> layer3 -> 1x1 conv -> GeM, 384-d), {w}x{h} images, random weights; "
           f"API vs bare max abs diff {diff:.2e}")
     ext = {"image_size": [h, w], "batch": args.batch, "api_vs_bare_max_abs_diff": diff}
-    from crossmodal.training.checkpoint import build_model, load_checkpoint
-
-    trained = build_model(load_checkpoint(ckpt)).eval()  # as trained: GeM's exponent a tensor (the API freezes it)
 
     def as_trained(n):
         with torch.inference_mode():
