@@ -30,6 +30,7 @@ def main(cfg) -> None:
 
     info = distributed.init_from_env(cfg.trainer.device)
     logging.getLogger().setLevel(cfg.log_level if info.is_main else logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing logs tracebacks at INFO
     hc = HydraConfig.get()
     run_dir = distributed.broadcast_object(hc.runtime.output_dir)  # rank 0's folder
     if info.is_main:
