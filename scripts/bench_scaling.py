@@ -6,7 +6,8 @@
     python scripts/bench_scaling.py --device cuda --procs 1 2 4 --threads 4   # on a machine with GPUs
 
 Each configuration is a real ``torchrun --standalone --nproc_per_node=N`` launch of this script (``--worker``);
-method in crossmodal/training/bench_scaling.py. Efficiency = samples/s(N) / (N x samples/s(1)).
+method in crossmodal/training/bench_scaling.py. Efficiency = speed-up / cores used (against 1 process x 1 thread):
+samples/s(N x 1) / (N x samples/s(1 x 1)).
 """
 
 from __future__ import annotations
@@ -60,13 +61,15 @@ def main() -> None:
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     if args.sync_batchnorm:
         worker_args.append("--sync-batchnorm")
+    load_before = _load()
     rows = run_all(__file__, configs, worker_args, rounds=args.rounds)
-    print(f"machine: {_machine(args.device)}; {os.cpu_count()} logical CPUs; load average before: "
-          f"{_load()}")
+    print(f"machine: {_machine(args.device)}; {os.cpu_count()} logical CPUs; load average before: {load_before}")
     print(f"student step (distill={args.distill}), global batch {rows[0]['global_batch']}, dataset {dataset}, "
           f"median of {args.steps} steps per launch, median of {args.rounds} rounds")
     print()
-    print("| processes | threads / process | ms / step | samples / s | speedup vs 1 process | efficiency |")
+    base = min(rows, key=lambda r: (r["procs"] * r["threads"], r["procs"]))
+    print(f"| processes | threads / process | ms / step | samples / s | speed-up vs {base['procs']} x "
+          f"{base['threads']} | efficiency (per core) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}"

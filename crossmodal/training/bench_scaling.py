@@ -9,8 +9,9 @@ dataset, loaded and moved to the device before the clock starts), so 1 process a
 
 **How**: :func:`worker` runs in every process of a ``torchrun --standalone --nproc_per_node=N`` launch (N = 1 is a
 plain process); after ``warmup`` steps, each of ``steps`` steps is timed between barriers (rank 0's clock; CUDA
-synchronised) and the median is kept. ``samples/s = global batch / median step time``; scaling efficiency of N
-processes = ``samples/s(N) / (N x samples/s(1 process, same threads per process))``. :func:`run_all` launches the
+synchronised) and the median is kept. ``samples/s = global batch / median step time``; speed-up against one
+process with the fewest threads; scaling efficiency = speed-up / (cores used relative to that one), i.e. for N
+processes of 1 thread ``samples/s(N) / (N x samples/s(1 process, 1 thread))``. :func:`run_all` launches the
 configurations one after another, ``rounds`` times (interleaved, so that drifting machine load hits all alike),
 and reports the median over rounds.
 """
@@ -134,8 +135,9 @@ def run_all(script: str | Path, configs: Sequence[tuple[int, int]], args: Sequen
         row["samples_per_s"] = statistics.median(r["samples_per_s"] for r in results)
         row["rounds_ms"] = [round(r["ms_per_step"], 1) for r in results]
         rows.append(row)
+    base = min(rows, key=lambda r: (r["procs"] * r["threads"], r["procs"]))  # 1 process x fewest threads
+    cores0 = base["procs"] * base["threads"]
     for row in rows:
-        base = next((r for r in rows if r["procs"] == 1 and r["threads"] == row["threads"]), None)
-        row["speedup"] = row["samples_per_s"] / base["samples_per_s"] if base else None
-        row["efficiency"] = row["speedup"] / row["procs"] if base else None
+        row["speedup"] = row["samples_per_s"] / base["samples_per_s"]
+        row["efficiency"] = row["speedup"] / (row["procs"] * row["threads"] / cores0)
     return rows
