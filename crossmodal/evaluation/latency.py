@@ -2,8 +2,9 @@
 10k and 100k databases, with the machine named.
 
 - Extraction: the model's forward on an already collated batch (decoding, resizing and cloud quantisation are
-  data loading, not counted), under ``torch.inference_mode``; ``warmup`` untimed calls, then the median of
-  ``repeats`` timed calls (CUDA synchronised), divided by the batch size.
+  data loading, not counted), under ``torch.inference_mode``; untimed warm-up calls until a call is no longer
+  20 % faster than the previous one (at least ``warmup``, at most 10: the first calls at a new batch shape can
+  be 10-50x slower), then the median of ``repeats`` timed calls (CUDA synchronised), divided by the batch size.
 - Matching: a faiss index of ``n`` random descriptors of the model's size (the search cost does not depend on
   the values for an exact index), searched for the top 25: ``single`` = one query per call (mean over
   ``single_queries`` calls), ``batched`` = ``batched_queries`` queries in one call, per query.
@@ -116,20 +117,26 @@ def machine_line(info: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def timed(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: Callable[[], None] | None = None) -> float:
-    """Median wall time (seconds) of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    times = []
-    for _ in range(repeats):
+def timed(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: Callable[[], None] | None = None,
+          max_warmup: int = 10) -> float:
+    """Median wall time (seconds) of ``repeats`` calls of ``fn`` after the warm-up: at least ``warmup`` untimed
+    calls (0: none), continued (up to ``max_warmup``) while a call is still over 20 % faster than the one before;
+    the first calls at a new input shape can be many times slower (allocator, oneDNN primitive caches)."""
+
+    def once() -> float:
         t0 = time.perf_counter()
         fn()
         if sync:
             sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time.perf_counter() - t0
+
+    prev = None
+    for i in range(max(warmup, max_warmup) if warmup > 0 else 0):
+        took = once()
+        if i + 1 >= warmup and prev is not None and took > 0.8 * prev:
+            break
+        prev = took
+    return statistics.median(once() for _ in range(repeats))
 
 
 def extraction_latency(model, batch: Mapping[str, Any], device: str = "cpu", repeats: int = 5,

@@ -100,7 +100,7 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
         lines += ["## Latency", ""]
         lines.append(f"Descriptor extraction: the model's forward on a collated evaluation batch (image decoding, "
                      f"resizing and cloud quantisation excluded), median of {lcfg.get('repeats', '?')} runs after "
-                     f"{lcfg.get('warmup', '?')} warm-up, ms per image. Matching: top-{lcfg.get('k', 25)} search "
+                     f"a warm-up until the time is stable, ms per image. Matching: top-{lcfg.get('k', 25)} search "
                      f"with the index above in a database of random descriptors of the model's size; single = one "
                      f"query per call, batched = {lcfg.get('batched_queries', '?')} queries per call (ms per "
                      f"query).")
