@@ -61,6 +61,8 @@ def main(out: str) -> None:
         res[f"{key}_running_mean"] = float((sync_bn.running_mean - ref_bn.running_mean).abs().max())
         res[f"{key}_running_var"] = float((sync_bn.running_var - ref_bn.running_var).abs().max())
 
+    res.update(_step_runner_checks(gen, r, w))
+
     sums = distributed.all_reduce_sums({"a": r + 1.0, "b": 2.0})
     res["all_reduce_sums"] = abs(sums["a"] - 3.0) + abs(sums["b"] - 4.0)
     res["broadcast"] = float(distributed.broadcast_object(["rank", r])[1] != 0)
@@ -69,6 +71,61 @@ def main(out: str) -> None:
         with open(out, "w") as fh:
             json.dump(res, fh, indent=2)
     distributed.teardown()
+
+
+class _Tuples:
+    """Positives: items whose index differs by one (a line of places)."""
+
+    def masks(self, indices):
+        idx = torch.as_tensor(indices)
+        d = (idx[:, None] - idx[None, :]).abs()
+        return d == 1, d > 2
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4))
+
+    def forward(self, batch):
+        return {"descriptor": self.body(batch["images"])}
+
+
+def _loss(out, pos, neg):
+    d = torch.cdist(out["descriptor"], out["descriptor"])
+    loss = (d * pos).sum() / pos.sum() - (d * neg).sum() / neg.sum() + (out["descriptor"] ** 2).mean()
+    return loss, {"loss": float(loss.detach())}
+
+
+def _step_runner_checks(gen, r, w):
+    """StepRunner's DDP step (shards, gathered global-batch loss, multi-stage chunks with no_sync, DDP average)
+    against one full-batch backward of the same loss (no BatchNorm: chunking does not change the function)."""
+    from crossmodal.training.step import StepRunner
+
+    x = torch.randn(11, 5, generator=gen, dtype=torch.float64)
+    indices = torch.tensor([3, 4, 8, 9, 0, 1, 6, 7, 12, 13, 2])
+    torch.manual_seed(1)
+    ref = _Net().double()
+    torch.manual_seed(1)
+    net = _Net().double()
+    loss, _ = _loss(ref({"images": x}), *_Tuples().masks(indices))
+    loss.backward()
+    s0, s1 = distributed.shard_range(len(x))
+    out = {}
+    for max_chunk in (None, 2):
+        for p in net.parameters():
+            p.grad = None
+        runner = StepRunner(net, torch.device("cpu"), tuples=_Tuples(), max_chunk=max_chunk)
+        batch = runner.prepare({"images": x[s0:s1], "indices": indices[s0:s1], "sample_ids": indices[s0:s1] + 100})
+        got, stats = runner.forward_backward(batch, _loss, ("descriptor",))
+        key = f"step_chunks{max_chunk}"
+        out[f"{key}_loss"] = abs(float(got) - float(loss))
+        out[f"{key}_grads"] = max(float((p.grad - q.grad).abs().max()) for p, q in zip(net.parameters(),
+                                                                                      ref.parameters()))
+        out[f"{key}_ids"] = float((batch["global_sample_ids"] != indices + 100).sum())
+        if max_chunk:
+            out[f"{key}_count"] = abs(stats["chunks"] - 3.0)  # ceil(ceil(11 / 2) / 2) = 3 on every rank
+    return out
 
 
 if __name__ == "__main__":

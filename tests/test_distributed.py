@@ -1,6 +1,7 @@
-"""DDP under torchrun on CPU (gloo): the collectives and synchronised BatchNorm against single-process references,
-the sharded sampler, and teacher training with 2 processes against one process with the same global batch
-(through the real entry point, ``torchrun --nproc_per_node=2 scripts/train_teacher.py``)."""
+"""DDP under torchrun on CPU (gloo): the collectives, synchronised BatchNorm and the DDP training step (global-batch
+loss, multi-stage chunks) against single-process references, the sharded sampler, and teacher training and the
+distillation pipeline with 2 processes against one process with the same global batch (through the real entry
+points, ``torchrun --nproc_per_node=2 scripts/train_teacher.py`` / ``scripts/distill.py``)."""
 
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ def test_sharded_sampler_rebuilds_the_single_process_batches():
 # ------------------------------------------------------------------------------------------------------------
 # two processes (gloo)
 
-def test_collectives_and_sync_batchnorm_on_two_processes(tmp_path):
+def test_collectives_sync_batchnorm_and_the_ddp_step_on_two_processes(tmp_path):
+    """float64 references: every deviation is round-off (< 1e-12)."""
     out = tmp_path / "result.json"
     torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(out), cwd=tmp_path)
     res = json.loads(out.read_text())

@@ -89,6 +89,11 @@ def _restore(saved) -> None:
 LossFn = Callable[[Mapping[str, Tensor], Tensor, Tensor], tuple[Tensor, dict[str, float]]]
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """Half / bfloat16 outputs (autocast) as float32 for the loss; other dtypes as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _bounds(b: int, max_chunk: int | None, chunks: int | None) -> list[tuple[int, int]]:
     """Chunk boundaries: ``chunks`` near-equal parts when given (DDP: the same count on every rank), else parts of
     ``max_chunk`` items."""
@@ -115,7 +120,7 @@ def forward_backward(model: nn.Module, batch: Mapping[str, Any], loss_fn: LossFn
 
     Keyword options (the training loop's, :class:`~crossmodal.training.step.StepRunner`): ``chunks`` forces that
     many near-equal chunks (1: none); ``autocast`` a context-manager factory around the model's forward passes
-    (mixed precision; the loss always runs in float32 on float32 copies of ``outputs``); ``scale`` maps the loss
+    (mixed precision; the loss runs on float32 copies of half / bfloat16 ``outputs``); ``scale`` maps the loss
     to what is backpropagated (fp16 loss scaling); ``no_sync`` a context-manager factory (DDP's ``no_sync``)
     entered for every chunk's backward but the last, so gradients are reduced once.
     """
@@ -127,7 +132,7 @@ def forward_backward(model: nn.Module, batch: Mapping[str, Any], loss_fn: LossFn
     if len(bounds) == 1:
         with amp():
             out = model(batch)
-        out = {k: (v.float() if k in outputs and v.is_floating_point() else v) for k, v in out.items()}
+        out = {k: (_upcast(v) if k in outputs else v) for k, v in out.items()}
         loss, stats = loss_fn(out, pos, neg)
         scale(loss).backward()
         stats["chunks"] = 1.0
@@ -137,7 +142,7 @@ def forward_backward(model: nn.Module, batch: Mapping[str, Any], loss_fn: LossFn
     with torch.no_grad(), amp():
         parts = [model(split_batch(batch, s, e)) for s, e in bounds]
     _restore(saved)
-    cached = {k: torch.cat([p[k] for p in parts]).detach().float().requires_grad_(True) for k in outputs}
+    cached = {k: _upcast(torch.cat([p[k] for p in parts]).detach()).requires_grad_(True) for k in outputs}
     del parts
     loss, stats = loss_fn(cached, pos, neg)
     scale(loss).backward()

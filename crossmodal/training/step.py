@@ -82,7 +82,10 @@ class StepRunner:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DDP(model, device_ids=ids, broadcast_buffers=not sync_batchnorm)
+            # buffers (BatchNorm statistics) follow rank 0 at every forward unless they are synchronised anyway
+            sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in _ddp_parameters() else
+                            "broadcast_buffers": not sync_batchnorm}
+            net = DDP(model, device_ids=ids, **sync_buffers)
             log.info("DDP: rank %d of %d on %s; each rank embeds 1/%d of every global batch", self.dist.rank,
                      self.dist.world_size, self.device, self.dist.world_size)
         if compile:
@@ -152,3 +155,13 @@ class StepRunner:
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if self.scaler is not None and state and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _ddp_parameters() -> set[str]:
+    """Keyword arguments of this torch's ``DistributedDataParallel`` (``forward_sync_buffers`` replaces the
+    deprecated ``broadcast_buffers`` in recent versions)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    return set(inspect.signature(DistributedDataParallel.__init__).parameters)
