@@ -21,7 +21,10 @@ class GeM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"GeM expects [B, C, H, W], got {tuple(x.shape)}")
-        p = self.p.to(x.dtype)
+        if torch.is_grad_enabled() and self.p.requires_grad:
+            p = self.p.to(x.dtype)
+        else:  # inference: a float exponent is 4-8x faster than a tensor one (same values)
+            p = float(self.p)
         return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
     def extra_repr(self) -> str:
