@@ -37,3 +37,13 @@ def quiet_launcher_schema_warning() -> None:
     ``configs/hydra/launcher/submitit_*.yaml`` (they take the plugin's names on purpose, so that
     ``hydra/launcher=submitit_slurm`` gets this project's defaults, validated against the plugin's schema)."""
     warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/submitit_\w+' is validated against ConfigStore")
+
+
+def refuse_multirun_under_torchrun(argv: list[str], environ: Mapping[str, str] | None = None) -> None:
+    """``torchrun ... script.py -m ...`` would run a whole sweep in every rank: stop with a clear message (sweeps
+    go through Hydra's launchers, one job per point; DDP inside a job through torchrun)."""
+    _, world = torchrun_rank(environ)
+    if world > 1 and any(a in ("-m", "--multirun") for a in argv[1:]):
+        raise SystemExit("error: a Hydra multirun (-m) under torchrun is not supported: run the sweep with "
+                         "hydra/launcher=submitit_slurm (one job per point) and torchrun inside a job, or "
+                         "torchrun one configuration at a time (docs/scaling.md)")

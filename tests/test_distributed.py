@@ -17,7 +17,7 @@ import torch
 
 from crossmodal.data.fake import write_fake_manifest
 from crossmodal.data.sampler import PositivePairBatchSampler
-from crossmodal.launch import hydra_rank_overrides
+from crossmodal.launch import hydra_rank_overrides, refuse_multirun_under_torchrun
 from crossmodal.training import distributed, load_checkpoint
 from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from crossmodal.training.testing import tiny_overrides, write_eval_pickles
@@ -69,6 +69,9 @@ def test_rank_overrides_only_for_ranks_above_zero():
     assert hydra_rank_overrides({"RANK": "0", "WORLD_SIZE": "2"}) == []
     assert hydra_rank_overrides({"RANK": "1", "WORLD_SIZE": "2"}) == ["hydra.run.dir=.", "hydra.output_subdir=null",
                                                                     "hydra/job_logging=stdout"]
+    refuse_multirun_under_torchrun(["x.py", "-m", "seed=0,1"], {})  # no torchrun: a sweep is fine
+    with pytest.raises(SystemExit, match="multirun"):
+        refuse_multirun_under_torchrun(["x.py", "-m", "seed=0,1"], {"RANK": "0", "WORLD_SIZE": "2"})
 
 
 def test_sync_batchnorm_alone_is_batchnorm():

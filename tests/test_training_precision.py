@@ -14,7 +14,11 @@ from crossmodal.data.fake import write_fake_manifest
 from crossmodal.pipelines.distill import compose_config
 from crossmodal.training import TrainerConfig, load_checkpoint, train_teacher
 from crossmodal.training.student import train_student
-from crossmodal.training.testing import compose_train_teacher, tiny_overrides, write_eval_pickles
+from crossmodal.training.testing import (
+    compose_train_teacher,
+    tiny_overrides,
+    write_eval_pickles,
+)
 
 STUDENT = ["data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0",
            "trainer.progress=false", "trainer.epochs=1", "optimizer.milestones=[1]", "trainer.max_steps_per_epoch=3",
@@ -32,6 +36,22 @@ def fake(tmp_path_factory):
 
 def _student(root, *extra):
     return compose_config("distill", [f"dataset_dir={root}", *STUDENT, *extra])
+
+
+def test_new_options_at_their_defaults_keep_old_checkpoints_and_hashes_valid():
+    """Checkpoints and reuse hashes made before trainer.sync_batchnorm / precision / compile existed still match
+    a config that has them at their defaults; a changed precision is a difference."""
+    from crossmodal.pipelines.distill import config_hash
+    from crossmodal.training.checkpoint import RESUME_IGNORED, config_differences
+
+    old = {"trainer": {"epochs": 3, "seed": 0}, "data": {"batch_size": 8}}
+    new = {"trainer": {"epochs": 3, "seed": 0, "sync_batchnorm": False, "precision": "fp32", "compile": False,
+                       "compile_backend": "inductor", "compile_mode": None}, "data": {"batch_size": 8}}
+    assert config_differences(old, new, RESUME_IGNORED) == []
+    assert config_hash(old) == config_hash(new)
+    bf16 = {**new, "trainer": {**new["trainer"], "precision": "bf16"}}
+    assert config_differences(old, bf16, RESUME_IGNORED) == ["trainer.precision: '<absent>' -> 'bf16'"]
+    assert config_hash(bf16) != config_hash(old)
 
 
 def test_bad_precision_is_refused():
