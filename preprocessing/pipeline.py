@@ -21,7 +21,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from preprocessing.errors import InputError, OutputError, SkipLog
-from preprocessing.io import atomic_write_bytes, atomic_write_json, clean_stale_temporaries, output_error
+from preprocessing.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_stale_temporaries,
+    output_error,
+)
 from preprocessing.manifest import MANIFEST_NAME, write_manifest
 from preprocessing.pairing import PairingConfig, PairResult, pair_submaps
 from preprocessing.report import Report
@@ -31,11 +36,27 @@ from preprocessing.robotcar.constants import STEREO_CENTRE_MODEL
 from preprocessing.robotcar.extrinsics import ins_from_laser
 from preprocessing.robotcar.ins import read_ins
 from preprocessing.robotcar.timestamps import existing_frames, read_timestamps
-from preprocessing.splits import SplitConfig, assign_training_splits, evaluation_sets, in_test_squares, \
-    select_runs, training_tuples
-from preprocessing.submaps import SubmapConfig, build_run_submaps, load_run_scans, read_locations_csv, \
-    write_locations_csv
-from preprocessing.upstream import TrainingTuple, load_pickle, write_pickle, write_training_tuples
+from preprocessing.splits import (
+    SplitConfig,
+    assign_training_splits,
+    evaluation_sets,
+    in_test_squares,
+    select_runs,
+    training_tuples,
+)
+from preprocessing.submaps import (
+    SubmapConfig,
+    build_run_submaps,
+    load_run_scans,
+    read_locations_csv,
+    write_locations_csv,
+)
+from preprocessing.upstream import (
+    TrainingTuple,
+    load_pickle,
+    write_pickle,
+    write_training_tuples,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocessing.synthetic import PRESETS, SyntheticConfig, generate_synthetic_robotcar  # noqa: E402
+from preprocessing.synthetic import (
+    PRESETS,
+    SyntheticConfig,
+    generate_synthetic_robotcar,
+)
 
 
 def main() -> int:

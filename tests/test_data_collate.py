@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from crossmodal.data import PairedPlaceDataset, PlaceCollate, PlaceTuples, PositivePairBatchSampler
+from crossmodal.data import (
+    PairedPlaceDataset,
+    PlaceCollate,
+    PlaceTuples,
+    PositivePairBatchSampler,
+)
 from crossmodal.data.fake import write_fake_manifest
 from crossmodal.sparse import sparse_quantize
 

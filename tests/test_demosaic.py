@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing.robotcar.camera import (CorruptImage, bayer_mosaic, decode_bayer_png, demosaic_fast, demosaic_sdk,
-                                           identity_lut, process_frame, truncate_to_uint8, undistort_fast,
-                                           undistort_sdk)
+from preprocessing.robotcar.camera import (
+    CorruptImage,
+    bayer_mosaic,
+    decode_bayer_png,
+    demosaic_fast,
+    demosaic_sdk,
+    identity_lut,
+    process_frame,
+    truncate_to_uint8,
+    undistort_fast,
+    undistort_sdk,
+)
 
 #: GBRG: row 0 is G B G B..., row 1 is R G R G...
 _GBRG = (("G", "B"), ("R", "G"))

@@ -6,7 +6,6 @@ import torch
 from crossmodal.models import MinkLoc3D, load_minkowski_state_dict
 from crossmodal.sparse import sparse_quantize
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 def small_batch(num_clouds: int = 3, points: int = 400, seed: int = 0):

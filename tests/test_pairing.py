@@ -9,7 +9,6 @@ import pytest
 
 from preprocessing.pairing import PairingConfig, k_closest, pair_submaps
 
-
 # --- MinkLoc++ generate_rgb_for_lidar.py, transcribed line by line ------------------------------------------
 
 def find_cross_over(arr, low, high, x):

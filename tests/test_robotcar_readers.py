@@ -9,14 +9,39 @@ import pytest
 
 from preprocessing.errors import InputError, SkipLog
 from preprocessing.robotcar import constants as C
-from preprocessing.robotcar.camera import CameraModel, camera_model_text, identity_lut, lut_bytes, read_camera_model
-from preprocessing.robotcar.extrinsics import format_extrinsics, ins_from_laser, read_extrinsics
+from preprocessing.robotcar.camera import (
+    CameraModel,
+    camera_model_text,
+    identity_lut,
+    lut_bytes,
+    read_camera_model,
+)
+from preprocessing.robotcar.extrinsics import (
+    format_extrinsics,
+    ins_from_laser,
+    read_extrinsics,
+)
 from preprocessing.robotcar.ins import read_ins
-from preprocessing.robotcar.lidar import (CorruptScan, lms_scan_bytes, read_lms_scan, scan_points_laser_frame,
-                                          try_read_lms_scan)
-from preprocessing.robotcar.timestamps import existing_frames, read_timestamps, write_timestamps
-from preprocessing.robotcar.transforms import (euler_to_rotation, invert_se3, rotation_to_euler, se3_from_xyzrpy,
-                                               transform_points, xyzrpy_from_se3)
+from preprocessing.robotcar.lidar import (
+    CorruptScan,
+    lms_scan_bytes,
+    read_lms_scan,
+    scan_points_laser_frame,
+    try_read_lms_scan,
+)
+from preprocessing.robotcar.timestamps import (
+    existing_frames,
+    read_timestamps,
+    write_timestamps,
+)
+from preprocessing.robotcar.transforms import (
+    euler_to_rotation,
+    invert_se3,
+    rotation_to_euler,
+    se3_from_xyzrpy,
+    transform_points,
+    xyzrpy_from_se3,
+)
 
 T0 = 1_400_000_000_000_000  # a plausible 16-digit UNIX microsecond timestamp
 

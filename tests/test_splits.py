@@ -10,8 +10,14 @@ import pytest
 
 from preprocessing.errors import InputError
 from preprocessing.robotcar import constants as C
-from preprocessing.splits import (SplitConfig, assign_training_splits, evaluation_sets, in_test_squares,
-                                  select_runs, training_tuples)
+from preprocessing.splits import (
+    SplitConfig,
+    assign_training_splits,
+    evaluation_sets,
+    in_test_squares,
+    select_runs,
+    training_tuples,
+)
 
 P1 = C.TEST_SQUARES[0]
 

@@ -11,9 +11,19 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from preprocessing.errors import InputError
-from preprocessing.submaps import (SubmapConfig, downsample_to, keep_moving_scans, make_submap, normalise,
-                                   read_locations_csv, remove_ground, segment_submaps, submap_seed, voxel_average,
-                                   write_locations_csv)
+from preprocessing.submaps import (
+    SubmapConfig,
+    downsample_to,
+    keep_moving_scans,
+    make_submap,
+    normalise,
+    read_locations_csv,
+    remove_ground,
+    segment_submaps,
+    submap_seed,
+    voxel_average,
+    write_locations_csv,
+)
 
 
 def _poses_from(positions, yaws=None):

@@ -13,11 +13,21 @@ import pytest
 
 from preprocessing.errors import OutputError, SkipLog
 from preprocessing.robotcar import camera, extrinsics, ins, lidar, timestamps
-from preprocessing.robotcar.constants import (EXTRINSICS, INS_COLUMNS, LMS_POINTS_PER_SCAN, RUN_NAME_RE,
-                                              STEREO_CENTRE_INTRINSICS)
+from preprocessing.robotcar.constants import (
+    EXTRINSICS,
+    INS_COLUMNS,
+    LMS_POINTS_PER_SCAN,
+    RUN_NAME_RE,
+    STEREO_CENTRE_INTRINSICS,
+)
 from preprocessing.robotcar.interpolation import interpolate_poses
 from preprocessing.robotcar.transforms import invert_se3, se3_from_xyzrpy
-from preprocessing.synthetic import PRESETS, STAMP, SyntheticConfig, generate_synthetic_robotcar
+from preprocessing.synthetic import (
+    PRESETS,
+    STAMP,
+    SyntheticConfig,
+    generate_synthetic_robotcar,
+)
 from preprocessing.synthetic.route import build_route, route_test_square_coverage
 
 #: Smaller than `quick`: 200 m of street, 2 runs, tiny frames, no laser range noise (for the exact round trip).

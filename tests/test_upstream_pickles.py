@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from preprocessing.errors import InputError
-from preprocessing.upstream import (UPSTREAM_MODULES, TrainingTuple, dumps_training_tuples, load_pickle,
-                                    write_pickle, write_training_tuples)
+from preprocessing.upstream import (
+    UPSTREAM_MODULES,
+    TrainingTuple,
+    dumps_training_tuples,
+    load_pickle,
+    write_pickle,
+    write_training_tuples,
+)
 
 RUN = "2014-05-19-13-20-57"
 

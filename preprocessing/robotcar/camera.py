@@ -42,7 +42,7 @@ class CameraModel:
     lut: np.ndarray | None = None
     name: str = ""
 
-    def scaled(self, factor: float) -> "CameraModel":
+    def scaled(self, factor: float) -> CameraModel:
         """The same camera at ``factor`` times the resolution (the LUT is not carried over)."""
         return dataclasses.replace(self, fx=self.fx * factor, fy=self.fy * factor, cx=self.cx * factor,
                                    cy=self.cy * factor, lut=None)

@@ -77,18 +77,18 @@ class SyntheticConfig:
     street_extension_m: float = 70.0
 
     @classmethod
-    def preset(cls, name: str) -> "SyntheticConfig":
+    def preset(cls, name: str) -> SyntheticConfig:
         try:
             return cls(**copy.deepcopy(PRESETS[name]))
         except KeyError:
             raise ValueError(f"unknown synthetic preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
     @classmethod
-    def default(cls) -> "SyntheticConfig":
+    def default(cls) -> SyntheticConfig:
         return cls.preset("default")
 
     @classmethod
-    def quick(cls) -> "SyntheticConfig":
+    def quick(cls) -> SyntheticConfig:
         return cls.preset("quick")
 
     def __post_init__(self) -> None:

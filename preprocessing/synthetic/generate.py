@@ -25,8 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.errors import OutputError, SkipLog
-from preprocessing.io import atomic_write_bytes, atomic_write_json, atomic_write_text, clean_stale_temporaries, \
-    output_error
+from preprocessing.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temporaries,
+    output_error,
+)
 from preprocessing.robotcar.constants import EXTRINSICS, INS_COLUMNS, RUN_NAME_RE
 from preprocessing.synthetic.config import GENERATOR_VERSION, SyntheticConfig
 
@@ -115,7 +120,7 @@ def generate_run(root: str | Path, config: SyntheticConfig, run_index: int, nthr
     from preprocessing.robotcar.lidar import lms_scan_bytes
     from preprocessing.robotcar.timestamps import write_timestamps
     from preprocessing.synthetic.conditions import run_conditions
-    from preprocessing.synthetic.render import RunScene, Renderer, lidar_scans
+    from preprocessing.synthetic.render import Renderer, RunScene, lidar_scans
     from preprocessing.synthetic.route import RunTrajectory, build_route
     from preprocessing.synthetic.town import build_cars
 
@@ -170,7 +175,7 @@ def generate_run(root: str | Path, config: SyntheticConfig, run_index: int, nthr
         seed=config.seed, town_seed=config.town_seed, origin_utm=[float(v) for v in origin],
         duration_s=round(traj.duration, 3), route_length_m=round(route.length, 3),
         cruise_speed_mps=round(traj.cruise, 3),
-        counts={"ins": int(len(ins_ts)), "lms_front": int(len(laser_ts)), "stereo_centre": int(len(cam_ts))},
+        counts={"ins": len(ins_ts), "lms_front": len(laser_ts), "stereo_centre": len(cam_ts)},
         conditions=cond.summary(), config={k: v for k, v in config.to_dict().items() if k != "num_runs"},
     )
     atomic_write_json(run_dir / STAMP, stamp)

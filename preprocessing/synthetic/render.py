@@ -16,8 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from preprocessing.robotcar.camera import CameraModel, bayer_mosaic
-from preprocessing.robotcar.constants import (G_CAMERA_IMAGE, LMS_POINTS_PER_SCAN, STEREO_CENTRE_INTRINSICS,
-                                              STEREO_CENTRE_SIZE)
+from preprocessing.robotcar.constants import (
+    G_CAMERA_IMAGE,
+    LMS_POINTS_PER_SCAN,
+    STEREO_CENTRE_INTRINSICS,
+    STEREO_CENTRE_SIZE,
+)
 from preprocessing.synthetic import town as T
 from preprocessing.synthetic.route import STREAM_CAMERA, STREAM_LIDAR, run_rng
 

@@ -15,7 +15,11 @@ import dataclasses
 
 import numpy as np
 
-from preprocessing.robotcar.constants import EXTRINSICS, TEST_SQUARE_HALF_WIDTH, TEST_SQUARES
+from preprocessing.robotcar.constants import (
+    EXTRINSICS,
+    TEST_SQUARE_HALF_WIDTH,
+    TEST_SQUARES,
+)
 from preprocessing.robotcar.transforms import euler_to_rotation, se3_from_xyzrpy
 
 CAMERA_HEIGHT_M = 2.1

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from preprocessing.synthetic.route import Route, STREAM_CARS, run_rng
+from preprocessing.synthetic.route import STREAM_CARS, Route, run_rng
 
 # material kinds (0 = no hit / sky)
 SKY, GRASS, ROAD, SIDEWALK, FACADE, TRUNK, CROWN, HEDGE, POLE, LAMP, SIGN, CAR, PLAIN = range(13)
@@ -79,7 +79,7 @@ class _ObjectTable:
 
     def freeze(self, offset: int = 0) -> Objects:
         cols = list(zip(*self.rows)) if self.rows else [[]] * 8
-        f = lambda i, w: np.asarray(cols[i], float).reshape(-1, w)  # noqa: E731
+        f = lambda i, w: np.asarray(cols[i], float).reshape(-1, w)
         return Objects(np.asarray(cols[0], np.int32).reshape(-1), f(1, 3), f(2, 3), f(3, 3), f(4, N_PARAMS),
                        f(5, 3), f(6, 3), f(7, 3))
 
