@@ -47,3 +47,11 @@ def refuse_multirun_under_torchrun(argv: list[str], environ: Mapping[str, str] |
         raise SystemExit("error: a Hydra multirun (-m) under torchrun is not supported: run the sweep with "
                          "hydra/launcher=submitit_slurm (one job per point) and torchrun inside a job, or "
                          "torchrun one configuration at a time (docs/scaling.md)")
+
+
+def prepare_argv(argv: list[str]) -> None:
+    """What every Hydra entry point does before Hydra parses ``argv`` (``sys.argv``, changed in place): refuse a
+    multirun under torchrun, quiet the launcher schema warning, and give ranks > 0 no run folder."""
+    refuse_multirun_under_torchrun(argv)
+    quiet_launcher_schema_warning()
+    argv += hydra_rank_overrides()

@@ -43,13 +43,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from crossmodal.launch import (
-        hydra_rank_overrides,
-        quiet_launcher_schema_warning,
-        refuse_multirun_under_torchrun,
-    )
+    from crossmodal.launch import prepare_argv
 
-    refuse_multirun_under_torchrun(sys.argv)
-    quiet_launcher_schema_warning()
-    sys.argv += hydra_rank_overrides()
+    prepare_argv(sys.argv)
     main()

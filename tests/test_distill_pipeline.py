@@ -6,20 +6,19 @@ the cache and the student alone."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from crossmodal.training.testing import script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env = script_env(threads=None)
     cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])

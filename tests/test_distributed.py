@@ -6,7 +6,6 @@ points, ``torchrun --nproc_per_node=2 scripts/train_teacher.py`` / ``scripts/dis
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,18 +19,10 @@ from crossmodal.data.sampler import PositivePairBatchSampler
 from crossmodal.launch import hydra_rank_overrides, refuse_multirun_under_torchrun
 from crossmodal.training import distributed, load_checkpoint
 from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from crossmodal.training.testing import tiny_overrides, write_eval_pickles
+from crossmodal.training.testing import script_env, tiny_overrides, write_eval_pickles
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
-
-
-def script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: int = 600, extra_env=None) -> subprocess.CompletedProcess:

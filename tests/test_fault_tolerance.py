@@ -20,22 +20,19 @@ import torch
 from crossmodal.data.fake import write_fake_manifest
 from crossmodal.training import load_checkpoint
 from crossmodal.training.teacher_cache import read_cache
-from crossmodal.training.testing import TINY_CLOUD, tiny_overrides, write_eval_pickles
+from crossmodal.training.testing import (
+    TINY_CLOUD,
+    script_env,
+    tiny_overrides,
+    write_eval_pickles,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
-
-
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
     return proc
@@ -43,7 +40,7 @@ def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
 
 def run_and_kill(args: list[str], cwd: Path, when: Callable[[], bool], timeout: float = 600) -> None:
     """Start the command and SIGKILL its process group as soon as ``when()`` holds; fail if it ends first."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=script_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
@@ -171,7 +168,7 @@ def test_killed_preprocessing_resumes_with_the_same_command(tiny_raw, tmp_path):
     out = tmp_path / "out"
     run_and_kill(args(out), tmp_path, lambda: any(out.glob("benchmark_datasets/oxford/*/.submaps_done.json")))
     assert not (out / "manifest.parquet").exists()
-    proc = subprocess.Popen([sys.executable, *args(out)], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, *args(out)], cwd=tmp_path, env=script_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     while proc.poll() is None and not any((out / "images").glob("*/*.png")):
         time.sleep(0.01)

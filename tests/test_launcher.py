@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from crossmodal.training.testing import script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -43,9 +44,7 @@ def test_launcher_configs_compose_with_every_plugin_field(name):
 
 def test_a_sweep_through_the_local_submitit_launcher(tiny_fusion_teacher, tmp_path):
     root, teacher = tiny_fusion_teacher
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
-               OMP_WAIT_POLICY="PASSIVE")
+    env = script_env()
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), "-m", "hydra/launcher=submitit_local",
            "distill=feature_l2,none", f"dataset_dir={root}", "dataset.synthetic=null",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from crossmodal.data.fake import write_fake_manifest
 from crossmodal.training import CheckpointMismatchError, load_checkpoint, train_teacher
 from crossmodal.training.testing import (
     compose_train_teacher,
+    script_env,
     tiny_overrides,
     write_eval_pickles,
 )
@@ -46,8 +46,7 @@ def _rows(history):
 
 def _entry(fake, *overrides, teacher="fusion"):
     cmd = [sys.executable, "scripts/train_teacher.py", *tiny_overrides(teacher), f"dataset_dir={fake}", *overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MKL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env = script_env(threads=None)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -6,7 +6,7 @@ Names are loaded on first use (no torch / onnx import at package import).
 
 from __future__ import annotations
 
-import importlib
+from crossmodal.lazy import lazy_exports
 
 _EXPORTS = {
     "Localizer": "localizer", "Match": "localizer", "EmptyDatabaseError": "localizer",
@@ -20,14 +20,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

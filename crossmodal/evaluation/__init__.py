@@ -10,7 +10,7 @@ Names are loaded on first use (no torch / faiss / matplotlib import at package i
 
 from __future__ import annotations
 
-import importlib
+from crossmodal.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate_checkpoints": "checkpoints", "resolve_checkpoint": "checkpoints", "per_query_records": "checkpoints",
@@ -25,14 +25,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

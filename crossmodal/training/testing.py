@@ -49,3 +49,18 @@ def compose_train_teacher(overrides: list[str] | tuple[str, ...] = (), return_hy
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(str(configs), version_base="1.3"):
         return compose("train_teacher", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def script_env(threads: int | None = 1) -> dict[str, str]:
+    """Environment for the project's scripts run as test subprocesses: the repository on ``PYTHONPATH``, no
+    inherited ``MKL_*`` (deterministic mode sets its own before torch loads) or ``CROSSMODAL_*`` (data / run
+    paths) variables, passive OpenMP waiting, and ``threads`` OpenMP threads (None: inherited)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "CROSSMODAL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
