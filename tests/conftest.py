@@ -85,3 +85,16 @@ def tiny_fusion_teacher(tmp_path_factory):
     run = tmp_path_factory.mktemp("fake_teacher")
     train_teacher(cfg, run, name="fusion")
     return root, run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def fake(tmp_path_factory):
+    """A fake manifest with evaluation pickles: 3 runs of 20 training-family rows 8 m apart (long enough for
+    negatives, so triplet losses are not zero) and 6 evaluation rows each. Modules may define their own ``fake``."""
+    from crossmodal.data.fake import write_fake_manifest
+    from crossmodal.training.testing import write_eval_pickles
+
+    root = tmp_path_factory.mktemp("fake")
+    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
+    write_eval_pickles(root)
+    return root

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal.data.fake import write_fake_manifest
 from crossmodal.data.sampler import PositivePairBatchSampler
 from crossmodal.launch import hydra_rank_overrides, refuse_multirun_under_torchrun
 from crossmodal.training import distributed, load_checkpoint
 from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from crossmodal.training.testing import script_env, tiny_overrides, write_eval_pickles
+from crossmodal.training.testing import script_env, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
@@ -115,14 +114,6 @@ def test_collectives_sync_batchnorm_and_the_ddp_step_on_two_processes(tmp_path):
     assert res["gather_forward"] == 0.0 and res["all_reduce_sums"] == 0.0 and res["broadcast"] == 0.0
     for key, err in res.items():
         assert err < 1e-12, (key, err)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake")
-    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
-    write_eval_pickles(root)
-    return root
 
 
 def _rows(history):

@@ -17,14 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from crossmodal.data.fake import write_fake_manifest
 from crossmodal.training import load_checkpoint
 from crossmodal.training.teacher_cache import read_cache
 from crossmodal.training.testing import (
     TINY_CLOUD,
     script_env,
     tiny_overrides,
-    write_eval_pickles,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,14 +69,6 @@ def assert_same_training(a_dir: Path, b_dir: Path) -> None:
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a_dir, b_dir))
     assert sa["finished"] and sb["finished"]
     assert sa["best"] == sb["best"] and sa["test_best_checkpoint"] == sb["test_best_checkpoint"]
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake")
-    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
-    write_eval_pickles(root)
-    return root
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -10,28 +10,17 @@ import math
 import pytest
 import torch
 
-from crossmodal.data.fake import write_fake_manifest
 from crossmodal.pipelines.distill import compose_config
 from crossmodal.training import TrainerConfig, load_checkpoint, train_teacher
 from crossmodal.training.student import train_student
 from crossmodal.training.testing import (
     compose_train_teacher,
     tiny_overrides,
-    write_eval_pickles,
 )
 
 STUDENT = ["data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0",
            "trainer.progress=false", "trainer.epochs=1", "optimizer.milestones=[1]", "trainer.max_steps_per_epoch=3",
            "distill=none", "trainer.threads=1", "trainer.eval_test=false"]
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory):
-    """Long enough runs (20 training-family rows 8 m apart) for negatives, so the triplet loss is not zero."""
-    root = tmp_path_factory.mktemp("fake")
-    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
-    write_eval_pickles(root)
-    return root
 
 
 def _student(root, *extra):
