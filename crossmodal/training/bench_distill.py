@@ -165,19 +165,25 @@ def loss_memory(distill: str, batch_size: int, dim: int = 384, device: str = "cp
     return {"peak_mb": max(peak - before, 0.0), "method": "VmHWM"}
 
 
-def loss_memory_subprocess(distill: str, batch_size: int, dim: int = 384, device: str = "cpu", threads: int = 2,
-                           dataset_dir: str = "data/synthetic-default") -> dict[str, Any]:
+def in_fresh_process(func: str, *args: Any, threads: int = 2) -> dict[str, Any]:
+    """``func(*args)`` of this module run in a fresh Python process (so its peak memory is its own); returns the
+    dict it returns (JSON)."""
     import json
     import subprocess
     import sys
 
     code = (f"import json, torch; torch.set_num_threads({threads}); "
-            f"from crossmodal.training.bench_distill import loss_memory; "
-            f"print(json.dumps(loss_memory({distill!r}, {batch_size}, {dim}, {device!r}, {dataset_dir!r})))")
+            f"from crossmodal.training import bench_distill as b; "
+            f"print(json.dumps(b.{func}(*{args!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode:
-        raise RuntimeError(f"memory probe of {distill} at B={batch_size} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{func}{args} in a fresh process failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def loss_memory_subprocess(distill: str, batch_size: int, dim: int = 384, device: str = "cpu", threads: int = 2,
+                           dataset_dir: str = "data/synthetic-default") -> dict[str, Any]:
+    return in_fresh_process("loss_memory", distill, batch_size, dim, device, dataset_dir, threads=threads)
 
 
 def student_step_memory(distill: str, batch_size: int, dataset_dir: str, device: str = "cpu",
@@ -219,15 +225,5 @@ def student_step_memory(distill: str, batch_size: int, dataset_dir: str, device:
 
 def student_step_memory_subprocess(distill: str, batch_size: int, dataset_dir: str, device: str = "cpu",
                                    max_chunk: int | None = None, threads: int = 2) -> dict[str, Any]:
-    import json
-    import subprocess
-    import sys
-
-    code = (f"import json, torch; torch.set_num_threads({threads}); "
-            f"from crossmodal.training.bench_distill import student_step_memory; "
-            f"print(json.dumps(student_step_memory({distill!r}, {batch_size}, {dataset_dir!r}, {device!r}, "
-            f"{max_chunk!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"student step memory probe ({distill}, B={batch_size}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_fresh_process("student_step_memory", distill, batch_size, dataset_dir, device, max_chunk,
+                            threads=threads)
