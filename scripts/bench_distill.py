@@ -41,6 +41,7 @@ def main() -> None:
 
     import torch
 
+    from crossmodal.machine import device_name
     from crossmodal.training.bench_distill import (
         loss_memory_subprocess,
         loss_time,
@@ -49,8 +50,7 @@ def main() -> None:
     )
 
     torch.set_num_threads(args.threads)
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
-    print(f"machine: {machine}; device {args.device}, {args.threads} threads")
+    print(f"machine: {device_name(args.device)}; device {args.device}, {args.threads} threads")
     if "step" not in args.skip:
         rows = step_ratio(args.distills, args.dataset_dir, args.batch_size, rounds=args.rounds, device=args.device,
                           overrides=[f"trainer.device={args.device}"])
@@ -88,19 +88,6 @@ def main() -> None:
             else:
                 peak = "-" if m["peak_rss_mb"] is None else f"{m['peak_rss_mb']:.0f}"
                 print(f"| {d} | {m['rss_before_mb']:.0f} | {peak} |", flush=True)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

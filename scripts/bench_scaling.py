@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
 
@@ -48,8 +47,11 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(res))
         return
 
-    dataset = _dataset(args.dataset_dir)
+    from crossmodal.machine import device_name, load_average
     from crossmodal.training.bench_scaling import run_all
+    from crossmodal.training.bench_steps import dataset_or_fake
+
+    dataset = dataset_or_fake(args.dataset_dir)
 
     configs = [(n, args.threads) for n in args.procs]
     extra = args.also_one_process_threads
@@ -61,9 +63,9 @@ def main() -> None:
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     if args.sync_batchnorm:
         worker_args.append("--sync-batchnorm")
-    load_before = _load()
+    load_before = load_average()
     rows = run_all(__file__, configs, worker_args, rounds=args.rounds)
-    print(f"machine: {_machine(args.device)}; {os.cpu_count()} logical CPUs; load average before: {load_before}")
+    print(f"machine: {device_name(args.device)}; load average before: {load_before}")
     print(f"student step (distill={args.distill}), global batch {rows[0]['global_batch']}, dataset {dataset}, "
           f"median of {args.steps} steps per launch, median of {args.rounds} rounds")
     print()
@@ -77,42 +79,7 @@ def main() -> None:
         print(f"| {r['procs']} | {r['threads']} | {r['ms_per_step']:.0f} (rounds {r['rounds_ms']}) | "
               f"{r['samples_per_s']:.1f} | {sp} | {ef} |")
     print()
-    print(f"load average after: {_load()}")
-
-
-def _dataset(path: str) -> Path:
-    root = Path(path)
-    if (root / "manifest.parquet").is_file():
-        return root
-    import tempfile
-
-    from crossmodal.data.fake import write_fake_manifest
-
-    fake = Path(tempfile.mkdtemp(prefix="bench_scaling_")) / "fake"
-    write_fake_manifest(fake, runs=4, train_per_run=60, eval_per_run=4, image_size=(120, 160))
-    print(f"{root} holds no dataset: using a fake one with 160x120 images ({fake})")
-    return fake
-
-
-def _machine(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -80,3 +80,23 @@ def test_compiled_training_forward(fake, tmp_path):
     assert summary["finished"] and math.isfinite(summary["last"]["loss"])
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # the plain model is checkpointed
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("minkowski", marks=pytest.mark.minkowski)])
+def test_compiled_fusion_teacher_matches_eager(fake, tmp_path, backend):
+    """The sparse branch runs eagerly under torch.compile (MinkowskiEngine is not traceable): a compiled fusion
+    teacher trains, with the eager run's losses."""
+    from crossmodal.sparse import minkowski_available
+
+    if backend == "minkowski" and not minkowski_available():
+        pytest.skip("MinkowskiEngine is not installed")
+    base = tiny_overrides("fusion") + [f"dataset_dir={fake}", "trainer.epochs=1", "trainer.eval_test=false",
+                                       "trainer.max_steps_per_epoch=2", "trainer.threads=1",
+                                       f"teacher.cloud.backend={backend}"]
+    eager = train_teacher(compose_train_teacher(base), tmp_path / "eager", name="fusion")
+    compiled = train_teacher(compose_train_teacher(base + ["trainer.compile=true", "trainer.compile_backend=eager"]),
+                             tmp_path / "compiled", name="fusion")
+    assert compiled["finished"]
+    assert compiled["last"]["loss"] == pytest.approx(eager["last"]["loss"], rel=1e-5)
+    ckpt = load_checkpoint(tmp_path / "compiled" / "last.pt")
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..machine import cpu_model
+
 
 @dataclasses.dataclass
 class LatencyConfig:
@@ -57,18 +59,6 @@ class LatencyConfig:
                 raise ValueError(f"unknown latency option(s) {unknown}; known: {sorted(fields)}")
             return cls(**{k: v for k, v in value.items() if k in fields})
         raise TypeError(f"latency must be a bool, a mapping or a LatencyConfig, got {type(value).__name__}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:

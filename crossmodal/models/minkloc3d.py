@@ -158,7 +158,8 @@ class MinkLoc3D(nn.Module):
     ``forward(batch)`` takes ``batch["coords"]`` ``[N, 4]`` int and ``batch["feats"]`` ``[N, in_channels]``
     (from :class:`crossmodal.sparse.SparseCollate`) and returns ``{"descriptor": [B, feature_size],
     "local_features": SparseTensor}`` (descriptor rows sorted by batch index). ``backend`` is ``auto``, ``torch``
-    or ``minkowski`` (see :mod:`crossmodal.sparse`).
+    or ``minkowski`` (see :mod:`crossmodal.sparse`). Under ``torch.compile`` the branch runs eagerly (a graph
+    break around it).
     """
 
     def __init__(self, in_channels: int = 1, feature_size: int = 128, planes: Sequence[int] = (32, 64, 64),
@@ -173,6 +174,9 @@ class MinkLoc3D(nn.Module):
                                 tuple(layers), tuple(planes))
         self.pooling = POOLINGS[pooling]()
 
+    # torch.compile runs this branch eagerly: MinkowskiEngine's Python wrappers are not traceable (dynamo
+    # fails on them), and the built-in backend's voxel count changes every batch (a recompile each time).
+    @torch.compiler.disable
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
         x = self.backbone(sparse_tensor(batch["coords"], batch["feats"], backend=self.backend))
         return {"descriptor": self.pooling(x), "local_features": x}

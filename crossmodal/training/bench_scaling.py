@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,88 +31,35 @@ from typing import Any
 import torch
 
 from . import distributed
-from .bench_distill import compose, random_cache
-from .objective import StepLoss
-from .step import StepRunner
+from .bench_steps import student_step, timed_steps
 
 
 def worker(dataset_dir: str, distill: str = "feature_l2", global_batch: int = 32, steps: int = 8, warmup: int = 2,
            threads: int = 1, device: str = "cpu", sync_batchnorm: bool = False,
            overrides: Sequence[str] = ()) -> dict[str, Any] | None:
     """One process of a launch; returns the figures on rank 0 (None elsewhere)."""
-    from hydra.utils import instantiate
-
     torch.set_num_threads(int(threads))
-    info = distributed.init_from_env(device)
-    dev = torch.device(device)
-    if dev.type == "cuda" and info.enabled:
-        dev = torch.device("cuda", info.local_rank)
-    cfg = compose(distill, dataset_dir, [f"data.batch_size={global_batch}", "data.num_workers=0",
-                                         "data.require=[image]", *overrides])
-    dm = instantiate(cfg.data, modalities=["image"])
-    if info.enabled:
-        loader = dm.train_loader(num_replicas=info.world_size, rank=info.rank, partition="shards")
-    else:
-        loader = dm.train_loader()
-    torch.manual_seed(0)
-    model = instantiate(cfg.student).to(dev).train()
-    objective = instantiate(cfg.distill.objective).to(dev)
-    train = dm.dataset("train")
-    runner = StepRunner(model, dev, tuples=train.tuples, sync_batchnorm=sync_batchnorm,
-                        extra_params=list(objective.parameters()))
-    optimizer = torch.optim.Adam(list(model.parameters()) + list(objective.parameters()), lr=1e-4)
-    cache = random_cache(train.sample_ids)
-    sizes = [len(b) for b in loader.batch_sampler.global_batches()]
-    batches = []
-    for size, batch in zip(sizes, loader):
-        if size < global_batch:
-            continue  # a short last batch (the same decision on every rank): keep the global batch size fixed
-        batches.append(runner.prepare(batch))
-        if len(batches) >= 4:
-            break
-    if not batches:
-        raise ValueError(f"{dataset_dir}: no full training batch of {global_batch}")
-
-    def one(batch) -> None:
-        teacher = None
-        if objective.cache_outputs:
-            ids = batch["global_sample_ids"]
-            teacher = objective.teacher_input(lambda out: cache.lookup(ids, out, device=dev))
-        optimizer.zero_grad(set_to_none=True)
-        runner.forward_backward(batch, StepLoss(objective, teacher), (objective.output,))
-        runner.optimizer_step(optimizer)
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        distributed.barrier()
-
-    for i in range(warmup):
-        one(batches[i % len(batches)])
-    times = []
-    for i in range(steps):
-        sync()
-        t0 = time.perf_counter()
-        one(batches[i % len(batches)])
-        sync()
-        times.append(time.perf_counter() - t0)
+    bench = student_step(dataset_dir, distill, global_batch, device, sync_batchnorm=sync_batchnorm,
+                         overrides=overrides)
+    timing = timed_steps(bench, steps, warmup)
     result = None
-    if info.is_main:
-        step_s = statistics.median(times)
-        result = {"procs": info.world_size, "threads": int(threads), "device": str(device), "distill": distill,
-                  "global_batch": int(batches[0]["global_batch_size"]), "ms_per_step": 1000 * step_s,
-                  "samples_per_s": batches[0]["global_batch_size"] / step_s, "steps": steps,
-                  "sync_batchnorm": sync_batchnorm}
+    if distributed.info().is_main:
+        step_s = timing["step_s"]
+        result = {"procs": distributed.info().world_size, "threads": int(threads), "device": str(device),
+                  "distill": distill, "global_batch": bench.global_batch, "ms_per_step": 1000 * step_s,
+                  "samples_per_s": bench.global_batch / step_s, "steps": steps, "sync_batchnorm": sync_batchnorm}
     distributed.teardown()
     return result
 
 
-def launch(procs: int, script: str | Path, args: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
-    """Run ``script --worker <args>`` under ``torchrun --standalone --nproc_per_node=procs``; rank 0's figures."""
+def launch(procs: int | None, script: str | Path, args: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script --worker <args>`` under ``torchrun --standalone --nproc_per_node=procs`` (``procs=None``: a
+    plain process); the figures rank 0 wrote to ``--out``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               str(script), "--worker", "--out", str(out), *args]
+        torchrun = [] if procs is None else ["-m", "torch.distributed.run", "--standalone",
+                                            f"--nproc_per_node={procs}"]
+        cmd = [sys.executable, *torchrun, str(script), "--worker", "--out", str(out), *args]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0 or not out.is_file():
