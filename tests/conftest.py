@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Two runs along a 170 m street that crosses the southern edge of the P3 test square (northing 5735087.4), so
 #: both training and test submaps exist; small frames keep it to a few seconds.
@@ -97,4 +102,35 @@ def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake")
     write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6)
     write_eval_pickles(root)
+    return root
+
+
+def run_distill(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python scripts/distill.py <args>`` in ``cwd`` (the real entry point); asserts it succeeded."""
+    from crossmodal.training.testing import script_env
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=script_env(threads=None), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    return proc
+
+
+@pytest.fixture(scope="session")
+def quick_e2e(tmp_path_factory):
+    """``scripts/distill.py preset=quick`` from nothing (the CI end-to-end run: generation, preprocessing, teacher,
+    cache, students, evaluation), once per session: ``(work dir, run dir, log)``. Its dataset, the synthetic quick
+    RobotCar, is ``work / "data" / "synthetic-quick"`` (``quick_dataset``); do not modify it."""
+    work = tmp_path_factory.mktemp("e2e")
+    proc = run_distill("preset=quick", "trainer.progress=false", f"data_dir={work / 'data'}",
+                       f"output_root={work / 'runs'}", cwd=work)
+    (run_dir,) = list((work / "runs" / "distill" / "distilvpr").iterdir())
+    return work, run_dir, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def quick_dataset(quick_e2e):
+    """The preprocessed synthetic quick dataset (read-only)."""
+    root = quick_e2e[0] / "data" / "synthetic-quick"
+    assert (root / "manifest.parquet").is_file()
     return root

@@ -6,32 +6,15 @@ the cache and the student alone."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-from crossmodal.training.testing import script_env
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = script_env(threads=None)
-    cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
-    return proc
+from conftest import run_distill
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    proc = _run("preset=quick", "trainer.progress=false", f"data_dir={work / 'data'}", f"output_root={work / 'runs'}",
-                cwd=work)
-    (run_dir,) = list((work / "runs" / "distill" / "distilvpr").iterdir())
-    return work, run_dir, proc.stdout + proc.stderr
+def first_run(quick_e2e):
+    """The e2e run (conftest: once per session; its dataset is shared with the DDP tests)."""
+    return quick_e2e
 
 
 def test_quick_preset_end_to_end(first_run):
@@ -59,7 +42,7 @@ def test_quick_preset_end_to_end(first_run):
 
 def test_a_sweep_reuses_the_teacher_cache_and_student_alone(first_run):
     work, _, _ = first_run
-    proc = _run("-m", "preset=quick", "distill=feature_l2,rkd", "trainer.progress=false",
+    proc = run_distill("-m", "preset=quick", "distill=feature_l2,rkd", "trainer.progress=false",
                 f"data_dir={work / 'data'}", f"output_root={work / 'runs'}", cwd=work)
     log = proc.stdout + proc.stderr
     assert "training fusion" not in log and log.count("stage 2/6 teacher: reusing") == 2
