@@ -10,6 +10,8 @@ import json
 import pytest
 from conftest import run_distill
 
+from crossmodal.training.testing import folders
+
 
 @pytest.fixture(scope="module")
 def first_run(quick_e2e):
@@ -29,10 +31,10 @@ def test_quick_preset_end_to_end(first_run):
                                                                               "student_alone"}
     for row in summary["rows"]:
         assert 0.0 <= row["test_r1"] <= 100.0 and 0.0 <= row["val_r1"] <= 100.0, row
-    (teacher_dir,) = list((work / "runs" / "teachers").iterdir())
+    (teacher_dir,) = folders(work / "runs" / "teachers")
     assert teacher_dir.name.startswith("fusion-") and (teacher_dir / "best.pt").is_file()
     assert len(list((work / "runs" / "teacher_cache").glob("teacher-*.safetensors"))) == 1
-    assert len(list((work / "runs" / "students_alone").iterdir())) == 1
+    assert len(folders(work / "runs" / "students_alone")) == 1
     evaluation = json.loads((run_dir / "evaluation" / "report.json").read_text())
     assert evaluation  # the evaluation report's content is tested in tests/test_evaluation_*.py
     report = (run_dir / "report.md").read_text()
@@ -51,4 +53,4 @@ def test_a_sweep_reuses_the_teacher_cache_and_student_alone(first_run):
     (sweep,) = list((work / "runs" / "distill_sweep").iterdir())
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / "summary.json").is_file())
     assert jobs == ["feature_l2_seed0", "rkd_seed0"]
-    assert len(list((work / "runs" / "teachers").iterdir())) == 1
+    assert len(folders(work / "runs" / "teachers")) == 1

@@ -18,7 +18,7 @@ from crossmodal.data.sampler import PositivePairBatchSampler
 from crossmodal.launch import hydra_rank_overrides, refuse_multirun_under_torchrun
 from crossmodal.training import distributed, load_checkpoint
 from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from crossmodal.training.testing import script_env, tiny_overrides
+from crossmodal.training.testing import folders, script_env, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
@@ -233,7 +233,7 @@ def test_two_process_distillation_matches_one_process(case, tmp_path):
     a_cache, b_cache = read_cache(ca), read_cache(cb)
     for k, v in a_cache.tensors.items():
         assert torch.allclose(v, b_cache.tensors[k], rtol=1e-5, atol=1e-5), k
-    (sa,), (sb,) = ((tmp_path / d / "students").iterdir() for d in ("one", "two"))
+    (sa,), (sb,) = (folders(tmp_path / d / "students") for d in ("one", "two"))
     a, b = load_checkpoint(sa / "last.pt"), load_checkpoint(sb / "last.pt")
     _compare_histories(a, b, ("loss", "loss_task", "loss_distill"), c)
     # fake: float32 round-off (measured: losses 3e-8 relative in epoch 1, 1e-5 in epoch 2 where batch-hard mining

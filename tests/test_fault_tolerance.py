@@ -21,6 +21,7 @@ from crossmodal.training import load_checkpoint
 from crossmodal.training.teacher_cache import read_cache
 from crossmodal.training.testing import (
     TINY_CLOUD,
+    folders,
     script_env,
     tiny_overrides,
 )
@@ -128,8 +129,8 @@ def test_killed_distillation_resumes_with_the_same_command(fake, tmp_path):
     for stage in ("teachers", "students"):
         # (the students' folder names differ: their hash covers the cache key, i.e. the teacher checkpoint file,
         # whose bytes hold paths and timings; a re-run in the same output_root reuses that very file)
-        (a,) = (tmp_path / "ref" / stage).iterdir()
-        (b,) = (runs / stage).iterdir()
+        (a,) = folders(tmp_path / "ref" / stage)
+        (b,) = folders(runs / stage)
         assert_same_training(a, b)
     (ca,) = (tmp_path / "ref" / "teacher_cache").iterdir()
     (cb,) = (runs / "teacher_cache").iterdir()

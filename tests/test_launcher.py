@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossmodal.training.testing import script_env
+from crossmodal.training.testing import folders, script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -59,4 +59,4 @@ def test_a_sweep_through_the_local_submitit_launcher(tiny_fusion_teacher, tmp_pa
     for job in ("feature_l2_seed0", "none_seed0"):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["rows"] and (sweep / job / "student" / "best.pt").is_file(), job
-    assert len(list((tmp_path / "runs" / "students").iterdir())) == 2
+    assert len(folders(tmp_path / "runs" / "students")) == 2

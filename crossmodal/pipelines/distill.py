@@ -25,6 +25,10 @@ Stages (each logged, each with progress bars, each reusing finished work):
 
 Model selection always uses the validation split; the test sets are only evaluated.
 
+Concurrent jobs (a sweep through the submitit launcher, several shells) share stages 1, 2, 4 and 5 through a lock
+per folder (:mod:`crossmodal.pipelines.locks`): one job generates the dataset or trains the teacher / student, the
+others wait for it and reuse the result.
+
 Under torchrun every stage runs on every rank (training and cache embedding in parallel); rank 0 alone
 preprocesses, decides what to reuse, writes files and evaluates, the others wait at barriers.
 """
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmodal.config import to_plain
+from crossmodal.pipelines.locks import folder_lock
 from crossmodal.training import distributed
 from crossmodal.training.checkpoint import RESUME_IGNORED, drop_neutral
 from preprocessing.io import (
@@ -114,7 +119,15 @@ def _ensure_dataset(cfg: Any, root: Path) -> Path:
         raise FileNotFoundError(f"{root}: no {MANIFEST_NAME}; preprocess the dataset first "
                                 f"(python scripts/preprocess_oxford.py source=oxford ...), or point dataset_dir at "
                                 f"a preprocessed folder")
+    with folder_lock(root, "stage 1/6 dataset", collective=False):  # rank 0 alone under torchrun
+        if (root / MANIFEST_NAME).is_file():  # another job made it while this one waited
+            return root
+        return _generate_dataset(cfg, root, preset)
+
+
+def _generate_dataset(cfg: Any, root: Path, preset: str) -> Path:
     from preprocessing.cli import run as preprocess_run
+    from preprocessing.manifest import MANIFEST_NAME
 
     log.info("stage 1/6 dataset: %s has no %s: generating and preprocessing the synthetic RobotCar (%s)", root,
              MANIFEST_NAME, preset)
@@ -183,20 +196,21 @@ def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Pa
     tcfg = teacher_config(cfg, dataset_dir, teacher_choice)
     key = config_hash(to_plain(tcfg))[:12]
     run_dir = Path(str(cfg.teacher_training.dir)) / f"{teacher_choice}-{key}"
-    state, summary = _stage_state(run_dir)
-    if state == "finished":
-        log.info("stage 2/6 teacher: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
-        return run_dir / "best.pt", summary
-    with open_dict(tcfg):
-        tcfg.resume = False  # the folder is the run: continue its own last.pt, never a sibling's
-    if state == "interrupted":
-        log.info("stage 2/6 teacher: resuming the interrupted teacher in %s", run_dir)
-        tcfg.trainer.resume = str(run_dir / "last.pt")
-    else:
-        log.info("stage 2/6 teacher: training %s in %s", teacher_choice, run_dir)
-    OmegaConf.resolve(tcfg)
-    _record(run_dir, tcfg)
-    summary = train_teacher(tcfg, run_dir, name=teacher_choice)
+    with folder_lock(run_dir, "stage 2/6 teacher"):
+        state, summary = _stage_state(run_dir)
+        if state == "finished":
+            log.info("stage 2/6 teacher: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+            return run_dir / "best.pt", summary
+        with open_dict(tcfg):
+            tcfg.resume = False  # the folder is the run: continue its own last.pt, never a sibling's
+        if state == "interrupted":
+            log.info("stage 2/6 teacher: resuming the interrupted teacher in %s", run_dir)
+            tcfg.trainer.resume = str(run_dir / "last.pt")
+        else:
+            log.info("stage 2/6 teacher: training %s in %s", teacher_choice, run_dir)
+        OmegaConf.resolve(tcfg)
+        _record(run_dir, tcfg)
+        summary = train_teacher(tcfg, run_dir, name=teacher_choice)
     if not summary.get("finished"):
         raise RuntimeError(f"teacher training in {run_dir} stopped before its last epoch; re-run to resume it")
     return run_dir / "best.pt", summary
@@ -260,23 +274,24 @@ def ensure_student(cfg: Any, student_choice: str, cache, run_dir: Path) -> tuple
     relevant["cache"] = {"select": str(cfg.cache.select), "key": None if cache is None else cache.meta.get("key")}
     key = config_hash(relevant)[:12]
     train_dir = Path(str(cfg.student_training.dir)) / f"{student_choice}-{cfg.distill.name}-seed{cfg.seed}-{key}"
-    state, summary = _stage_state(train_dir)
-    if state == "finished":
-        log.info("stage 4/6 student (distill=%s): reusing %s (best val R@1 %.2f)", cfg.distill.name, train_dir,
-                 summary["best"]["val_r1"])
-    else:
-        scfg = copy.deepcopy(cfg)
-        OmegaConf.set_struct(scfg, False)
-        scfg.resume = False
-        if state == "interrupted":
-            scfg.trainer.resume = str(train_dir / "last.pt")
-            log.info("stage 4/6 student (distill=%s): resuming the interrupted student in %s", cfg.distill.name,
-                     train_dir)
+    with folder_lock(train_dir, f"stage 4/6 student (distill={cfg.distill.name})"):
+        state, summary = _stage_state(train_dir)
+        if state == "finished":
+            log.info("stage 4/6 student (distill=%s): reusing %s (best val R@1 %.2f)", cfg.distill.name, train_dir,
+                     summary["best"]["val_r1"])
         else:
-            log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, train_dir)
-        _record(train_dir, scfg)
-        summary = train_student(scfg, train_dir, cache, name=f"{student_choice} ({cfg.distill.name})",
-                                resume_ignored=_outside(cfg, STUDENT_KEYS))
+            scfg = copy.deepcopy(cfg)
+            OmegaConf.set_struct(scfg, False)
+            scfg.resume = False
+            if state == "interrupted":
+                scfg.trainer.resume = str(train_dir / "last.pt")
+                log.info("stage 4/6 student (distill=%s): resuming the interrupted student in %s",
+                         cfg.distill.name, train_dir)
+            else:
+                log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, train_dir)
+            _record(train_dir, scfg)
+            summary = train_student(scfg, train_dir, cache, name=f"{student_choice} ({cfg.distill.name})",
+                                    resume_ignored=_outside(cfg, STUDENT_KEYS))
     if distributed.is_main():
         _link_results(train_dir, run_dir / "student")
     distributed.barrier()
@@ -296,18 +311,19 @@ def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str,
     relevant = {k: to_plain(acfg[k]) for k in STUDENT_KEYS}
     key = config_hash(relevant)[:12]
     run_dir = Path(str(cfg.student_alone.dir)) / f"{student_choice}-seed{cfg.seed}-{key}"
-    state, summary = _stage_state(run_dir)
-    if state == "finished":
-        log.info("stage 5/6 student alone: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
-        return run_dir / "best.pt", summary
-    if state == "interrupted":
-        acfg.trainer.resume = str(run_dir / "last.pt")
-        log.info("stage 5/6 student alone: resuming %s", run_dir)
-    else:
-        log.info("stage 5/6 student alone: training in %s", run_dir)
-    _record(run_dir, acfg)
-    summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone",
-                            resume_ignored=_outside(acfg, STUDENT_KEYS))
+    with folder_lock(run_dir, "stage 5/6 student alone"):
+        state, summary = _stage_state(run_dir)
+        if state == "finished":
+            log.info("stage 5/6 student alone: reusing %s (best val R@1 %.2f)", run_dir, summary["best"]["val_r1"])
+            return run_dir / "best.pt", summary
+        if state == "interrupted":
+            acfg.trainer.resume = str(run_dir / "last.pt")
+            log.info("stage 5/6 student alone: resuming %s", run_dir)
+        else:
+            log.info("stage 5/6 student alone: training in %s", run_dir)
+        _record(run_dir, acfg)
+        summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone",
+                                resume_ignored=_outside(acfg, STUDENT_KEYS))
     return run_dir / "best.pt", summary
 
 

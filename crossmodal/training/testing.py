@@ -64,3 +64,9 @@ def script_env(threads: int | None = 1) -> dict[str, str]:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def folders(path: str | Path) -> list[Path]:
+    """The entries of ``path`` that are not hidden (``.locks/`` of :mod:`crossmodal.pipelines.locks` aside),
+    sorted."""
+    return sorted(p for p in Path(path).iterdir() if not p.name.startswith("."))
