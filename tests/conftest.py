@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -107,13 +106,9 @@ def fake(tmp_path_factory):
 
 def run_distill(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """``python scripts/distill.py <args>`` in ``cwd`` (the real entry point); asserts it succeeded."""
-    from crossmodal.training.testing import script_env
+    from crossmodal.training.testing import run_python
 
-    cmd = [sys.executable, str(ROOT / "scripts" / "distill.py"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=script_env(threads=None), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
-    return proc
+    return run_python(str(ROOT / "scripts" / "distill.py"), *args, cwd=cwd, timeout=timeout, threads=None)
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,15 @@ from crossmodal.data.sampler import PositivePairBatchSampler
 from crossmodal.launch import hydra_rank_overrides, refuse_multirun_under_torchrun
 from crossmodal.training import distributed, load_checkpoint
 from crossmodal.training.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from crossmodal.training.testing import folders, script_env, tiny_overrides
+from crossmodal.training.testing import (
+    folders,
+    history_rows,
+    run_python,
+    script_env,
+    tiny_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: int = 600, extra_env=None) -> subprocess.CompletedProcess:
@@ -29,13 +34,6 @@ def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: int = 600, extra_en
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     env = {**script_env(), **(extra_env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-6000:])
-    return proc
-
-
-def python(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-6000:])
     return proc
 
@@ -116,10 +114,6 @@ def test_collectives_sync_batchnorm_and_the_ddp_step_on_two_processes(tmp_path):
         assert err < 1e-12, (key, err)
 
 
-def _rows(history):
-    return [{k: v for k, v in r.items() if k not in TIMES} for r in history]
-
-
 # The 2-process runs are compared on two datasets. ``fake``: the fake manifest (tiny images and clouds), 2 epochs x
 # 3 steps, everything to float32 round-off, test recall included. ``quick``: the synthetic quick dataset (the e2e
 # test's, images at 160x120), 2 epochs x 1 step. On real-looking data the training dynamics amplify round-off about
@@ -161,7 +155,7 @@ def quick_fusion_teacher(quick_dataset, tmp_path_factory):
 
 
 def _compare_histories(a, b, keys, c):
-    ra, rb = _rows(a["history"]), _rows(b["history"])
+    ra, rb = history_rows(a["history"]), history_rows(b["history"])
     assert len(ra) == len(rb) == 2
     for x, y in zip(ra, rb, strict=True):
         for k in ("batch_size", "steps", "samples", "epoch"):
@@ -193,7 +187,7 @@ def test_two_process_teacher_matches_one_process_with_the_same_global_batch(case
               f"trainer.eval_test={str(c['test']).lower()}", "trainer.sync_batchnorm=true",
               "trainer.deterministic=true", "optimizer.name=sgd", "optimizer.branch_lr.image=0.01",
               "optimizer.branch_lr.cloud=0.01"]
-    python(str(ROOT / "scripts" / "train_teacher.py"), *common, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    run_python(str(ROOT / "scripts" / "train_teacher.py"), *common, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
     proc = torchrun(str(ROOT / "scripts" / "train_teacher.py"), *common, f"hydra.run.dir={tmp_path / 'two'}",
                     cwd=tmp_path)
     one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
@@ -224,7 +218,7 @@ def test_two_process_distillation_matches_one_process(case, tmp_path):
               "trainer.deterministic=true", "optimizer.name=sgd", "optimizer.lr=0.001", "evaluation.report=false",
               "student_alone.enabled=false", f"trainer.eval_test={str(c['test']).lower()}"]
     script = str(ROOT / "scripts" / "distill.py")
-    python(script, *common, f"output_root={tmp_path / 'one'}", f"hydra.run.dir={tmp_path / 'one' / 'run'}",
+    run_python(script, *common, f"output_root={tmp_path / 'one'}", f"hydra.run.dir={tmp_path / 'one' / 'run'}",
            cwd=tmp_path)
     torchrun(script, *common, f"output_root={tmp_path / 'two'}", f"hydra.run.dir={tmp_path / 'two' / 'run'}",
              cwd=tmp_path)

@@ -22,19 +22,13 @@ from crossmodal.training.teacher_cache import read_cache
 from crossmodal.training.testing import (
     TINY_CLOUD,
     folders,
+    history_rows,
+    run_python,
     script_env,
     tiny_overrides,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
-
-
-def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
-    return proc
 
 
 def run_and_kill(args: list[str], cwd: Path, when: Callable[[], bool], timeout: float = 600) -> None:
@@ -58,13 +52,9 @@ def run_and_kill(args: list[str], cwd: Path, when: Callable[[], bool], timeout: 
     assert proc.returncode == -signal.SIGKILL
 
 
-def _rows(history):
-    return [{k: v for k, v in r.items() if k not in TIMES} for r in history]
-
-
 def assert_same_training(a_dir: Path, b_dir: Path) -> None:
     a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
-    assert _rows(a["history"]) == _rows(b["history"])
+    assert history_rows(a["history"]) == history_rows(b["history"])
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a_dir, b_dir))
@@ -77,7 +67,7 @@ def test_killed_teacher_training_resumes_with_the_same_command(fake, tmp_path):
     args = [str(ROOT / "scripts" / "train_teacher.py"), *tiny_overrides("fusion"), f"dataset_dir={fake}",
             "trainer.epochs=3", "optimizer.milestones=[2]", "trainer.deterministic=true",
             "trainer.max_steps_per_epoch=3"]
-    run([*args, f"output_root={tmp_path / 'ref'}"], cwd=tmp_path)
+    run_python(*args, f"output_root={tmp_path / 'ref'}", cwd=tmp_path)
     (ref,) = (tmp_path / "ref" / "train_teacher" / "fusion").iterdir()
 
     runs = tmp_path / "runs"
@@ -86,7 +76,7 @@ def test_killed_teacher_training_resumes_with_the_same_command(fake, tmp_path):
     (killed,) = folder.iterdir()
     assert not (killed / "summary.json").exists()
     time.sleep(1.1)  # the re-run gets its own timestamped folder
-    proc = run([*args, f"output_root={runs}"], cwd=tmp_path)  # the same command
+    proc = run_python(*args, f"output_root={runs}", cwd=tmp_path)  # the same command
     (resumed,) = [d for d in folder.iterdir() if d != killed]
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["resumed_from"] == str(killed / "last.pt"), proc.stderr[-2000:]
@@ -94,7 +84,7 @@ def test_killed_teacher_training_resumes_with_the_same_command(fake, tmp_path):
 
     # a third run of the same command starts afresh: the newest run of this config is finished
     time.sleep(1.1)
-    run([*args, f"output_root={runs}"], cwd=tmp_path)
+    run_python(*args, f"output_root={runs}", cwd=tmp_path)
     (third,) = [d for d in folder.iterdir() if d not in (killed, resumed)]
     assert json.loads((third / "summary.json").read_text())["resumed_from"] is None
 
@@ -115,14 +105,14 @@ def _distill_args(fake: Path, output_root: Path) -> list[str]:
 def test_killed_distillation_resumes_with_the_same_command(fake, tmp_path):
     """Killed during teacher training, then again during the student's training: the same command three times
     ends like one uninterrupted run (teacher, cache, student)."""
-    run(_distill_args(fake, tmp_path / "ref"), cwd=tmp_path)
+    run_python(*_distill_args(fake, tmp_path / "ref"), cwd=tmp_path)
     runs = tmp_path / "runs"
     args = _distill_args(fake, runs)
     run_and_kill(args, tmp_path, lambda: any((runs / "teachers").glob("*/last.pt")))
     assert not any((runs / "students").glob("*/last.pt"))
     run_and_kill(args, tmp_path, lambda: any((runs / "students").glob("*/last.pt")))
     time.sleep(1.1)
-    proc = run(args, cwd=tmp_path)
+    proc = run_python(*args, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert "stage 2/6 teacher: reusing" in log and "resuming the interrupted student" in log
 
@@ -155,7 +145,7 @@ def test_killed_preprocessing_resumes_with_the_same_command(tiny_raw, tmp_path):
                 f"source.output_dir={out}", f"data_dir={tmp_path}", "splits.val_cell_m=30.0",
                 "splits.val_fraction=0.3", "workers=1", "progress=false"]
 
-    run(args(tmp_path / "ref"), cwd=tmp_path)
+    run_python(*args(tmp_path / "ref"), cwd=tmp_path)
     out = tmp_path / "out"
     run_and_kill(args(out), tmp_path, lambda: any(out.glob("benchmark_datasets/oxford/*/.submaps_done.json")))
     assert not (out / "manifest.parquet").exists()
@@ -166,7 +156,7 @@ def test_killed_preprocessing_resumes_with_the_same_command(tiny_raw, tmp_path):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    run(args(out), cwd=tmp_path)
+    run_python(*args(out), cwd=tmp_path)
 
     def snapshot(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))

@@ -18,13 +18,13 @@ from crossmodal.data.fake import write_fake_manifest
 from crossmodal.training import CheckpointMismatchError, load_checkpoint, train_teacher
 from crossmodal.training.testing import (
     compose_train_teacher,
+    history_rows,
     script_env,
     tiny_overrides,
     write_eval_pickles,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,6 @@ def fake(tmp_path_factory):
 
 def _cfg(fake, *extra, teacher="fusion"):
     return compose_train_teacher(tiny_overrides(teacher) + [f"dataset_dir={fake}", *extra])
-
-
-def _rows(history):
-    return [{k: v for k, v in r.items() if k not in TIMES} for r in history]
 
 
 def _entry(fake, *overrides, teacher="fusion"):
@@ -104,7 +100,7 @@ def test_resume_equals_uninterrupted(fake, tmp_path):
     a, b = load_checkpoint(full_dir / "last.pt"), load_checkpoint(resumed_dir / "last.pt")
     assert [r["batch_size"] for r in a["history"]] == [8, 10, 12]  # batch expansion, restored on resume
     assert [r["lr_cloud"] for r in a["history"]] == pytest.approx([1e-3, 1e-3, 1e-4])
-    assert _rows(a["history"]) == _rows(b["history"])
+    assert history_rows(a["history"]) == history_rows(b["history"])
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert full["best"] == resumed["best"]
@@ -112,8 +108,7 @@ def test_resume_equals_uninterrupted(fake, tmp_path):
     assert (resumed_dir / "best.pt").is_file()
     with open(full_dir / "metrics.csv") as fa, open(resumed_dir / "metrics.csv") as fb:
         ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
-    assert [{k: v for k, v in r.items() if k not in TIMES} for r in ra] == \
-           [{k: v for k, v in r.items() if k not in TIMES} for r in rb]
+    assert history_rows(ra) == history_rows(rb)
 
 
 def test_resume_with_another_config_or_model_is_refused(fake, tmp_path):

@@ -70,3 +70,24 @@ def folders(path: str | Path) -> list[Path]:
     """The entries of ``path`` that are not hidden (``.locks/`` of :mod:`crossmodal.pipelines.locks` aside),
     sorted."""
     return sorted(p for p in Path(path).iterdir() if not p.name.startswith("."))
+
+
+def run_python(*args: str, cwd: str | Path, timeout: float = 600, threads: int | None = 1):
+    """``python <args>`` in ``cwd`` with :func:`script_env` (``threads``); asserts it exited 0 (the assertion shows
+    the tails of its output) and returns the ``CompletedProcess``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(threads), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-6000:])
+    return proc
+
+
+#: Wall-clock fields of a training history row (they differ between two runs of the same computation).
+HISTORY_TIMES = ("train_time_s", "val_time_s", "epoch_time_s")
+
+
+def history_rows(history: list[dict]) -> list[dict]:
+    """A checkpoint's training history without its timings, for comparing two runs."""
+    return [{k: v for k, v in r.items() if k not in HISTORY_TIMES} for r in history]
