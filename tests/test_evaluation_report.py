@@ -65,7 +65,32 @@ def test_report_files_and_table(report):
     assert s["latency"]["extraction"]["batch_size"] == 8 and s["latency"]["matching"]["500"]["single_ms"] > 0
     assert len(summary["runs"]) == 3
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("label,role,checkpoint") and len(lines) == 4
+    assert lines[0].startswith("label,role,checkpoint") and len(lines) == 4 + 3  # 3 models, 3 baselines
+    assert [line.split(",")[:2] for line in lines[4:]] == [["tiny_image", "baseline_image"], ["hog", "baseline_image"],
+                                                           ["bev_height", "baseline_lidar"]]
+    assert "| hog (training-free) | baseline, image |" in md and "| bev_height (training-free) | baseline, lidar |" in md
+
+
+def test_baselines_equal_a_direct_evaluation_on_the_same_rows(setup, report):
+    """The report's training-free rows = the handcrafted descriptors of the evaluated rows through the protocol."""
+    from crossmodal.baselines.handcrafted import bev_height, hog
+    from crossmodal.data import PairedPlaceDataset
+    from crossmodal.evaluation.testing import brute_force_recall as brute_force
+    from crossmodal.training.validation import load_eval_sets
+
+    root, _ = setup
+    _, summary = report
+    ds = PairedPlaceDataset(root / "data", "eval", modalities=("image", "cloud"))
+    sets = load_eval_sets(ds, "eval")
+    for name, fn, load in (("hog", hog, lambda i: np.asarray(ds.load_image(i))),
+                           ("bev_height", bev_height, lambda i: ds.load_cloud(i).numpy())):
+        desc = np.stack([fn(load(i)) for i in range(len(ds))])
+        ref_at, ref_one = brute_force([desc[r] for r in sets.database_rows], [desc[r] for r in sets.query_rows],
+                                      sets.query_sets)
+        b = summary["baselines"]["descriptors"][name]
+        assert b["r1"] == pytest.approx(ref_at[0]) and b["r5"] == pytest.approx(ref_at[4])
+        assert b["r1p"] == pytest.approx(ref_one)
+    assert summary["baselines"]["skipped"] == {}
 
 
 def test_recall_and_per_query_results_match_a_direct_evaluation(setup, report):
@@ -126,6 +151,10 @@ def test_a_student_never_opens_a_lidar_file(setup, tmp_path, monkeypatch):
     s = summary["models"]["student"]
     assert s["modalities"] == ["image"] and summary["require"] == ["image"]
     assert s["rows"] == {"database": 24, "queries": 12} and s["skipped"] == {}
+    # the LiDAR baseline is skipped (and said so) rather than opening a missing file
+    assert set(summary["baselines"]["descriptors"]) == {"tiny_image", "hog"}
+    assert "24 of 24 evaluated rows have no lidar file" in summary["baselines"]["skipped"]["lidar"]
+    assert "Lidar baselines skipped: 24 of 24" in (tmp_path / "out" / "report.md").read_text()
     # the teacher reads the clouds: the same folder gives it no rows
     with pytest.raises(ValueError, match="no usable evaluation rows with image \\+ cloud.*cloud_missing: 24"):
         evaluate_checkpoints({"teacher": ckpts["teacher"]}, data, tmp_path / "out2", num_workers=0,
@@ -186,10 +215,10 @@ def test_collect_reports_builds_one_table(report, setup, tmp_path, capsys):
                          "--csv", str(tmp_path / "t.csv")]) == 0
     table = capsys.readouterr().out
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
-    assert len(lines) == 1 + 4  # header + 3 models of the first report + 1 of the second
+    assert len(lines) == 1 + 4 + 6  # header + 3 models of the first report + 1 of the second + 3 baselines each
     assert "| cosine |" in table and "| euclidean |" in table and str(other) in table
     assert (tmp_path / "t.md").read_text() == table
-    assert len((tmp_path / "t.csv").read_text().splitlines()) == 5
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 11
     assert collect.main([str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 

@@ -120,7 +120,8 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
                          device: str = "cpu", metric: str = "euclidean", index: Any = "flat", batch_size: int = 64,
                          num_workers: int = 2, latency: bool | Mapping[str, Any] | LatencyConfig = True,
                          plots: bool = True, progress: bool = True, require: str | Sequence[str] = "auto",
-                         num_neighbors: int = 25, per_query_k: int = 10, examples: int = 6) -> dict[str, Any]:
+                         num_neighbors: int = 25, per_query_k: int = 10, examples: int = 6,
+                         baselines: bool | Sequence[str] = True) -> dict[str, Any]:
     """Evaluate each ``label -> checkpoint`` of ``models`` on ``dataset_dir``'s evaluation sets (the PointNetVLAD
     protocol) and write ``report.md``, ``report.json`` (with per-query results), ``results.csv`` and, with
     ``plots``, ``recall_at_n.png``, ``pair_heatmap.png``, ``examples.png`` into ``out_dir``.
@@ -136,6 +137,9 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
         require: modalities every evaluated row must have; ``auto``: every modality some model reads.
         per_query_k: retrievals kept per query in ``report.json``.
         examples: queries in the example mosaic.
+        baselines: evaluate the training-free descriptors of both modalities (:mod:`.baselines`) on the same
+            rows and sets (``True``), of the listed modalities only, or none (``False``). A modality whose files
+            are missing for some evaluated row is skipped whole, logged and named in the report.
 
     Returns the summary (what ``report.json`` holds, less the per-query results).
     """
@@ -232,6 +236,16 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
                  summary["r1"], summary["r5"], summary["r10"], summary["r1p"], summary["pairs"], summary["queries"])
 
     first = results[0]
+    baseline_summary = None
+    if baselines:
+        from .baselines import MODALITIES, evaluate_baselines
+
+        t0 = time.perf_counter()
+        baseline_summary = evaluate_baselines(first.dataset, first.sets, metric, num_neighbors,
+                                              MODALITIES if baselines is True else tuple(baselines))
+        baseline_summary["elapsed_s"] = time.perf_counter() - t0
+        for name, b in baseline_summary["descriptors"].items():
+            log.info("training-free %s (%s): R@1 %.2f R@1%% %.2f", name, b["modality"], b["r1"], b["r1p"])
     db_sizes = [len(r) for r in first.sets.database_rows]
     summary = {
         "format": REPORT_FORMAT, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -248,6 +262,7 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
         "require": list(req), "runs": first.run_names, "database_sizes": db_sizes,
         "machine": info, "latency_config": dataclasses.asdict(lat) | {"db_sizes": list(lat.db_sizes)},
         "models": {r.label: r.summary for r in results},
+        "baselines": baseline_summary,
         "pair_recall": {r.label: {"r1": _nan_to_none(r.evaluation.pair_recall_at_1),
                                   "r1p": _nan_to_none(r.evaluation.pair_recall_one_percent),
                                   "queries": r.evaluation.pair_queries.tolist(), "runs": r.run_names}

@@ -87,7 +87,17 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
     rows = [[label, m["role"], _f(m["r1"]), _f(m["r5"]), _f(m["r10"]), _f(m["r1p"]), _params(m["parameters"]),
              f"{m['descriptor_dim']} × float32 ({m['descriptor_bytes']} B)", _f(m["model_mb"], 1),
              _latency_cell(m)] for label, m in models.items()]
+    base = summary.get("baselines") or {}
+    for name, b in (base.get("descriptors") or {}).items():
+        rows.append([f"{name} (training-free)", f"baseline, {b['modality']}", _f(b["r1"]), _f(b["r5"]),
+                     _f(b["r10"]), _f(b["r1p"]), "0", f"{b['dim']} × float64", "-", "-"])
     lines += [_table(header, rows, ["---", "---"] + ["---:"] * 8), ""]
+    if base:
+        note = ("Training-free baselines (`crossmodal.baselines.handcrafted`, as `scripts/dataset_difficulty.py`) "
+                "on the same rows and sets: a learned model below them has learned nothing useful.")
+        for modality, reason in (base.get("skipped") or {}).items():
+            note += f" {modality.capitalize()} baselines skipped: {reason}."
+        lines += [note, ""]
     lines.append("Modalities read: " + "; ".join(f"{label}: {' + '.join(m['modalities'])}"
                                                 for label, m in models.items())
                  + f". Rows required to have: {' + '.join(summary['require'])}.")
@@ -188,6 +198,10 @@ def csv_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
                     fields.append(key)
                 row[key] = m["recall_loss_vs_flat"][k]
         rows.append(row)
+    for name, b in ((summary.get("baselines") or {}).get("descriptors") or {}).items():
+        rows.append({"label": name, "role": f"baseline_{b['modality']}", "metric": summary["metric"],
+                     "index": "flat", "r1": b["r1"], "r5": b["r5"], "r10": b["r10"], "r1p": b["r1p"],
+                     "parameters": 0, "descriptor_dim": b["dim"], "descriptor_bytes": b["dim"] * 8})
     return fields, rows
 
 
@@ -285,7 +299,7 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lat = "-" if r.get("extract_batched_ms") in (None, "") else \
             f"{_ms(float(r['extract_batched_ms']))} (batch {r['extract_batch_size']})"
         row = [r["run"], r["label"], r["role"], metric, _f(r["r1"]), _f(r["r5"]), _f(r["r10"]), _f(r["r1p"]),
-               _params(r["parameters"]), str(r["descriptor_dim"]), _f(r["model_mb"], 1), lat, r["machine"]]
+               _params(r["parameters"]), str(r["descriptor_dim"]), _f(r.get("model_mb"), 1), lat, r["machine"]]
         if len(datasets) > 1:
             row.insert(1, str(r.get("dataset")))
         body.append(row)

@@ -25,6 +25,7 @@ from crossmodal.sparse import (
     GeM,
     GlobalAvgPool,
     GlobalMaxPool,
+    GridGeM,
     SparseBatchNorm,
     SparseConv3d,
     SparseConvTranspose3d,
@@ -149,7 +150,7 @@ class MinkFPN(nn.Module):
         return x
 
 
-POOLINGS = {"GeM": GeM, "MAC": GlobalMaxPool, "SPoC": GlobalAvgPool}
+POOLINGS = {"GeM": GeM, "MAC": GlobalMaxPool, "SPoC": GlobalAvgPool, "GridGeM": GridGeM}
 
 
 class MinkLoc3D(nn.Module):
@@ -164,22 +165,28 @@ class MinkLoc3D(nn.Module):
 
     def __init__(self, in_channels: int = 1, feature_size: int = 128, planes: Sequence[int] = (32, 64, 64),
                  layers: Sequence[int] = (1, 1, 1), num_top_down: int = 1, conv0_kernel_size: int = 5,
-                 block: str = "ECABasicBlock", pooling: str = "GeM", backend: str = "auto"):
+                 block: str = "ECABasicBlock", pooling: str = "GeM", backend: str = "auto",
+                 grid_cells: int = 4, grid_channels: int = 32):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
         self.backend = backend
         self.feature_size = feature_size
-        self.backbone = MinkFPN(in_channels, feature_size, num_top_down, conv0_kernel_size, block,
-                                tuple(layers), tuple(planes))
-        self.pooling = POOLINGS[pooling]()
+        grid = pooling == "GridGeM"
+        # GridGeM (our option, not MinkLoc3D's): the FPN ends in grid_channels per point, pooled per cell of a
+        # grid_cells² bird's-eye grid, and a linear map takes the cells² · grid_channels layout to feature_size
+        self.backbone = MinkFPN(in_channels, grid_channels if grid else feature_size, num_top_down,
+                                conv0_kernel_size, block, tuple(layers), tuple(planes))
+        self.pooling = GridGeM(grid_cells) if grid else POOLINGS[pooling]()
+        self.project = nn.Linear(grid_cells ** 2 * grid_channels, feature_size) if grid else None
 
     # torch.compile runs this branch eagerly: MinkowskiEngine's Python wrappers are not traceable (dynamo
     # fails on them), and the built-in backend's voxel count changes every batch (a recompile each time).
     @torch.compiler.disable
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
         x = self.backbone(sparse_tensor(batch["coords"], batch["feats"], backend=self.backend))
-        return {"descriptor": self.pooling(x), "local_features": x}
+        pooled = self.pooling(x)
+        return {"descriptor": pooled if self.project is None else self.project(pooled), "local_features": x}
 
 
 #: Upstream names that differ from ours (MinkLoc++'s ``PoolingWrapper`` adds a level under ``pooling``).

@@ -341,11 +341,35 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+def verdict(distilled: Mapping[str, Any] | None, alone: Mapping[str, Any] | None,
+            teacher: Mapping[str, Any] | None = None) -> str | None:
+    """The one-line answer of a run: what distillation changed on test R@1 (and how much of the gap to the teacher
+    it closed); ``None`` without both students' test figures."""
+    d, a = (distilled or {}).get("test_r1"), (alone or {}).get("test_r1")
+    if d is None or a is None:
+        return None
+    line = f"distillation changed test R@1 by {d - a:+.2f} (student alone {a:.2f} → distilled {d:.2f})"
+    t = (teacher or {}).get("test_r1")
+    if t is not None and t - a > 0:
+        line += f"; it closed {100.0 * (d - a) / (t - a):.0f} % of the gap to the teacher ({t:.2f})"
+    return line
+
+
+def baseline_rows(evaluation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Run-report rows of the training-free descriptors the evaluation measured on the same test sets."""
+    base = ((evaluation or {}).get("baselines") or {}).get("descriptors") or {}
+    return [{"model": f"{name} (training-free, {b['modality']})", "test_r1": b["r1"], "test_r1p": b["r1p"],
+             "parameters": 0} for name, b in base.items()]
+
+
 def write_run_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> None:
-    lines = [f"# Distillation run: distill={cfg.distill.name}, seed={cfg.seed}", "",
-             f"Dataset `{cfg.dataset_dir}`; selection on validation Recall@1, figures on the test (evaluation) sets.",
-             "", "| model | val R@1 (best) | epoch | test R@1 | test R@1% | parameters |", "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    lines = [f"# Distillation run: distill={cfg.distill.name}, seed={cfg.seed}", ""]
+    if extra.get("verdict"):
+        lines += [f"**Verdict: {extra['verdict']}.**", ""]
+    lines += [f"Dataset `{cfg.dataset_dir}`; selection on validation Recall@1, figures on the test (evaluation) "
+              f"sets.", "", "| model | val R@1 (best) | epoch | test R@1 | test R@1% | parameters |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in [*rows, *extra.get("baseline_rows", [])]:
         lines.append(f"| {r['model']} | {_fmt(r.get('val_r1'))} | {_fmt(r.get('best_epoch'))} | "
                      f"{_fmt(r.get('test_r1'))} | {_fmt(r.get('test_r1p'))} | {_fmt(r.get('parameters'))} |")
     lines += ["", "Run folders:", ""] + [f"- {r['model']}: `{r.get('run_dir')}`" for r in rows if r.get("run_dir")]
@@ -416,20 +440,25 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
     rows.append(_row(f"student {student_choice}, distill={cfg.distill.name}", student_summary))
     if alone_summary is not None:
         rows.append(_row(f"student {student_choice} alone", alone_summary))
+    line = None if is_alone else verdict(rows[-2], rows[-1] if alone_summary is not None else None,
+                                          rows[0] if cfg.evaluation.teacher else None)
     summary = {"distill": str(cfg.distill.name), "seed": int(cfg.seed), "dataset_dir": str(dataset_dir),
                "teacher_checkpoint": None if teacher_ckpt is None else str(teacher_ckpt),
                "cache": None if cache is None else cache.meta.get("key"), "rows": rows,
                "models": {k: str(v) for k, v in models.items()},
                "evaluation_report": None if evaluation is None else str(run_dir / "evaluation" / "report.md"),
+               "verdict": line, "baseline_rows": baseline_rows(evaluation),
                "timings_s": timings, "wall_time_s": time.perf_counter() - t0,
                "world_size": distributed.world_size()}
     if not main:
         return summary
     atomic_write_json(run_dir / "summary.json", summary)
     write_run_report(run_dir, cfg, rows, summary)
-    for r in rows:
+    for r in [*rows, *summary["baseline_rows"]]:
         log.info("%s: val R@1 %s, test R@1 %s, R@1%% %s", r["model"], _fmt(r.get("val_r1")), _fmt(r.get("test_r1")),
                  _fmt(r.get("test_r1p")))
+    if line:
+        log.info("verdict: %s", line)
     log.info("done in %.1f s (%s); report %s", summary["wall_time_s"],
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), run_dir / "report.md")
     return summary

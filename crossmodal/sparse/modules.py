@@ -144,3 +144,48 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4f}, eps={self.eps}"
+
+
+class GridGeM(nn.Module):
+    """GeM pooling per cell of a ``cells × cells`` bird's-eye grid over each batch item → ``[B, cells² · C]``.
+
+    Global pooling (:class:`GeM`) keeps *what* local structures a submap holds and forgets *where*; this keeps a
+    coarse layout, as a bird's-eye height grid does. The grid spans each item's own x–y extent (its coordinates'
+    bounding box; submaps are normalised per item, so this is the submap frame without needing the voxel size).
+    Output row ``b`` is laid out cell-major: ``[cell (0, 0) channels, cell (0, 1) channels, ...]``, cell ``(i, j)``
+    covering the ``i``-th x and ``j``-th y slice. An empty cell pools to ``eps ** 1`` (no gradient). ``p`` is
+    shared by every cell and learnable, as in :class:`GeM`.
+    """
+
+    def __init__(self, cells: int = 4, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        if cells < 1:
+            raise ValueError(f"cells must be >= 1, got {cells}")
+        self.cells = int(cells)
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def cell_index(self, x: SparseTensor) -> tuple[Tensor, int]:
+        """Per point: ``row * cells² + i * cells + j`` and the number of batch rows."""
+        rows, num_rows = x.batch_rows()
+        xy = x.coords[:, 1:3].to(torch.float64)
+        index = rows[:, None].expand(-1, 2)
+        lo = xy.new_full((num_rows, 2), float("inf")).scatter_reduce(0, index, xy, "amin", include_self=True)
+        hi = xy.new_full((num_rows, 2), float("-inf")).scatter_reduce(0, index, xy, "amax", include_self=True)
+        span = (hi - lo)[rows] + float(x.stride)  # a voxel's width past the last coordinate: max lands in the grid
+        ij = torch.floor((xy - lo[rows]) / span * self.cells).long().clamp_(0, self.cells - 1)
+        return rows * self.cells ** 2 + ij[:, 0] * self.cells + ij[:, 1], num_rows
+
+    def forward(self, x: SparseTensor) -> Tensor:
+        cell, num_rows = self.cell_index(x)
+        feats = x.feats
+        powered = torch.exp(feats.clamp(min=self.eps).log() * self.p)
+        num_cells = num_rows * self.cells ** 2
+        total = powered.new_zeros(num_cells, feats.shape[1]).index_add_(0, cell, powered)
+        count = torch.bincount(cell, minlength=num_cells).to(feats.dtype)
+        mean = torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None],
+                           total.new_full((), self.eps) ** self.p)
+        return mean.pow(1.0 / self.p).reshape(num_rows, -1)
+
+    def extra_repr(self) -> str:
+        return f"cells={self.cells}, p={self.p.item():.4f}, eps={self.eps}"
