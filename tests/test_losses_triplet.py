@@ -163,3 +163,16 @@ def test_diagonal_and_shape_checks():
         BatchHardTripletLoss()(x, full[:2], full)
     with pytest.raises(ValueError, match="distance"):
         Distance("manhattan")
+
+
+def test_spread_and_gap_diagnose_collapse():
+    from crossmodal.losses.triplet import spread
+
+    collapsed = torch.ones(6, 4) * torch.rand(6, 1) + 0.1  # every row the same direction, other lengths
+    assert float(spread(collapsed)) == pytest.approx(0.0, abs=1e-6)
+    basis = torch.eye(4)  # four orthonormal rows: mean (1/4, ...), each row at sqrt(3)/2 from it
+    assert float(spread(basis)) == pytest.approx(3 ** 0.5 / 2, rel=1e-6)
+    emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0]])
+    pos = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.bool)
+    out = BatchHardTripletLoss(margin=0.2, swap=False)(emb, pos, ~pos & ~torch.eye(4, dtype=torch.bool))
+    assert float(out.stats["pos_neg_gap"]) == pytest.approx(3.0 - 1.0)  # hardest negative 3 away, positive 1

@@ -42,6 +42,13 @@ def mine_batch_hard(dist: Tensor, positives_mask: Tensor, negatives_mask: Tensor
     return a, hp[a], hn[a]
 
 
+def spread(embeddings: Tensor) -> Tensor:
+    """Mean distance of the L2-normalised rows to their mean (0: all one direction, collapsed; about 1 for
+    directions spread over the sphere)."""
+    u = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    return (u - u.mean(dim=0, keepdim=True)).norm(dim=1).mean()
+
+
 class BatchHardTripletLoss(nn.Module):
     """``loss_fn(embeddings [B, D], positives_mask [B, B], negatives_mask [B, B])`` → :class:`TripletLossOutput`.
 
@@ -54,8 +61,10 @@ class BatchHardTripletLoss(nn.Module):
 
     Stats: ``num_triplets`` (anchors used), ``num_non_zero_triplets``, ``non_zero_fraction`` (0 without
     triplets; MinkLoc3D grows the batch when it falls below a threshold), ``mean_pos_dist`` / ``mean_neg_dist``
-    (hardest positive / hardest anchor–negative distances, before swap, over the anchors used) and
-    ``mean_embedding_norm``.
+    (hardest positive / hardest anchor–negative distances, before swap, over the anchors used),
+    ``pos_neg_gap`` (their difference: ≤ 0 means the hardest negatives sit closer than the hardest positives),
+    ``mean_embedding_norm`` and ``spread`` (mean distance of the L2-normalised embeddings to their mean
+    direction: 0 when every descriptor points the same way, i.e. collapse).
     """
 
     def __init__(self, margin: float = 0.2, swap: bool = True, distance: str = "euclidean",
@@ -97,6 +106,8 @@ class BatchHardTripletLoss(nn.Module):
                 "mean_neg_dist": an.detach().mean() if a.numel() else nt * 0,
                 "mean_embedding_norm": embeddings.detach().norm(dim=1).mean() if b else nt * 0,
             }
+            stats["pos_neg_gap"] = stats["mean_neg_dist"] - stats["mean_pos_dist"]
+            stats["spread"] = spread(embeddings.detach()) if b else nt * 0
         return TripletLossOutput(loss, stats)
 
     def extra_repr(self) -> str:

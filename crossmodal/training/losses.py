@@ -73,7 +73,7 @@ class TeacherLoss(nn.Module):
             total = t.weight * out.loss if total is None else total + t.weight * out.loss
             for k, v in out.floats().items():
                 stats[f"{t.output}/{k}"] = v
-        for k in ("num_triplets", "num_non_zero_triplets", "non_zero_fraction"):
+        for k in ("num_triplets", "num_non_zero_triplets", "non_zero_fraction", "spread", "pos_neg_gap"):
             stats[k] = stats[f"{self.expansion_term}/{k}"]
         assert total is not None
         stats["loss"] = float(total.detach())

@@ -73,6 +73,10 @@ DETERMINISTIC_ENV = {"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_
 
 CSV_COLUMNS = ("epoch", "loss", "non_zero_fraction", "num_triplets", "batch_size", "steps", "samples", "val_r1",
                "val_r1p", "train_time_s", "val_time_s", "epoch_time_s")
+#: Per-epoch means of the task loss's collapse diagnostics (crossmodal.losses.BatchHardTripletLoss stats)
+DIAGNOSTICS = ("spread", "pos_neg_gap")
+#: Below this epoch-mean spread the descriptors are taken as collapsed (a warning in the log)
+COLLAPSE_SPREAD = 0.05
 
 
 @dataclasses.dataclass
@@ -244,7 +248,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     lr = sorted({k for row in history for k in row if k not in CSV_COLUMNS and k.startswith("lr_")})
     parts = sorted({k for row in history for k in row if k.startswith("loss_")})
-    columns = list(CSV_COLUMNS[:2]) + parts + list(CSV_COLUMNS[2:5]) + lr + list(CSV_COLUMNS[5:])
+    diag = [k for k in DIAGNOSTICS if any(k in row for row in history)]
+    columns = list(CSV_COLUMNS[:2]) + parts + list(CSV_COLUMNS[2:3]) + diag + list(CSV_COLUMNS[3:5]) + lr + \
+        list(CSV_COLUMNS[5:])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -413,6 +419,7 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "num_triplets": 0.0, "num_non_zero_triplets": 0.0}
         extra_sums: dict[str, float] = {}
+        diag_sums: dict[str, float] = {}  # collapse diagnostics of the task loss (DIAGNOSTICS)
         steps = samples = 0
         total_steps = len(sampler) if tcfg.max_steps_per_epoch is None else min(len(sampler),
                                                                                tcfg.max_steps_per_epoch)
@@ -434,14 +441,19 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
             for k in ("task", "distill"):
                 if k in stats:
                     extra_sums[k] = extra_sums.get(k, 0.0) + stats[k]
+            for k in DIAGNOSTICS:
+                if k in stats:
+                    diag_sums[k] = diag_sums.get(k, 0.0) + stats[k]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", nz=f"{stats['non_zero_fraction']:.2f}", bs=bs)
         bar.close()
         scheduler.step()
         if dinfo.enabled:  # the losses are global-batch figures (equal on every rank): average; samples: sum
             red = distributed.all_reduce_sums({**{f"s.{k}": v for k, v in sums.items()},
-                                               **{f"e.{k}": v for k, v in extra_sums.items()}, "samples": samples})
+                                               **{f"e.{k}": v for k, v in extra_sums.items()},
+                                               **{f"d.{k}": v for k, v in diag_sums.items()}, "samples": samples})
             sums = {k: red[f"s.{k}"] / dinfo.world_size for k in sums}
             extra_sums = {k: red[f"e.{k}"] / dinfo.world_size for k in extra_sums}
+            diag_sums = {k: red[f"d.{k}"] / dinfo.world_size for k in diag_sums}
             samples = round(red["samples"])
         train_time = time.perf_counter() - t0
         nz_frac = sums["num_non_zero_triplets"] / sums["num_triplets"] if sums["num_triplets"] else 0.0
@@ -467,6 +479,10 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
                "val_r1p": val["r1p"] if val else float("nan"), "train_time_s": train_time, "val_time_s": val_time,
                "epoch_time_s": time.perf_counter() - t0}
         row.update({f"loss_{k}": v / max(steps, 1) for k, v in extra_sums.items()})
+        row.update({k: v / max(steps, 1) for k, v in diag_sums.items()})
+        if "spread" in row and steps and row["spread"] < COLLAPSE_SPREAD:
+            log.warning("epoch %d: descriptors collapsed (spread %.4f < %g: they all point one way); lower the "
+                        "learning rate or L2-normalise in the task loss", epoch + 1, row["spread"], COLLAPSE_SPREAD)
         history.append(row)
         improved = val is not None and (best is None or val["r1"] > best["val_r1"])
         if improved:
@@ -486,9 +502,10 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
                 save_checkpoint(run_dir / "best.pt", payload)
             save_checkpoint(run_dir / "last.pt", payload)
             _write_csv(run_dir / "metrics.csv", history)
-        log.info("epoch %d/%d: loss %.4f%s, non-zero %.3f, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
+        log.info("epoch %d/%d: loss %.4f%s, non-zero %.3f%s, batch %d, %s, val R@1 %s R@1%% %s, %.1f s (+%.1f s val)%s",
                  epoch + 1, tcfg.epochs, row["loss"],
-                 "".join(f", {k} {row[f'loss_{k}']:.4f}" for k in extra_sums), nz_frac, bs,
+                 "".join(f", {k} {row[f'loss_{k}']:.4f}" for k in extra_sums), nz_frac,
+                 "".join(f", {k} {row[k]:.3f}" for k in DIAGNOSTICS if k in row), bs,
                  ", ".join(f"{k} {v:g}" for k, v in lrs.items()),
                  f"{row['val_r1']:.2f}" if val else "-", f"{row['val_r1p']:.2f}" if val else "-", train_time,
                  val_time, " *best*" if improved else "")
