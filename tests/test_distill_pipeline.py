@@ -39,7 +39,28 @@ def test_quick_preset_end_to_end(first_run):
     assert evaluation  # the evaluation report's content is tested in tests/test_evaluation_*.py
     report = (run_dir / "report.md").read_text()
     assert "distill=distilvpr" in report and "student image alone" in report
+    # the one-line verdict and the training-free baselines of both modalities on the same test sets
+    rows = {r["model"]: r for r in summary["rows"]}
+    alone, distilled = rows["student image alone"]["test_r1"], rows["student image, distill=distilvpr"]["test_r1"]
+    assert f"**Verdict: distillation changed test R@1 by {distilled - alone:+.2f} (student alone {alone:.2f} → " \
+           f"distilled {distilled:.2f})" in report
+    assert summary["verdict"].startswith("distillation changed test R@1 by")
+    assert {r["model"] for r in summary["baseline_rows"]} == {"tiny_image (training-free, image)",
+                                                               "hog (training-free, image)",
+                                                               "bev_height (training-free, lidar)"}
+    assert "| hog (training-free, image) |" in report and "| bev_height (training-free, lidar) |" in report
     assert "scripts/distill.py" in (run_dir / "command.txt").read_text()
+
+
+def test_verdict_line():
+    from crossmodal.pipelines.distill import verdict
+
+    assert verdict({"test_r1": 70.0}, {"test_r1": 60.0}, {"test_r1": 90.0}) == (
+        "distillation changed test R@1 by +10.00 (student alone 60.00 → distilled 70.00); it closed 33 % of the gap "
+        "to the teacher (90.00)")
+    assert verdict({"test_r1": 55.5}, {"test_r1": 60.0}) == \
+        "distillation changed test R@1 by -4.50 (student alone 60.00 → distilled 55.50)"
+    assert verdict({"test_r1": 55.5}, None) is None and verdict(None, {"test_r1": 1.0}) is None
 
 
 def test_a_sweep_reuses_the_teacher_cache_and_student_alone(first_run):

@@ -124,7 +124,7 @@ def test_mobilenet_pretrained(tmp_path):
     assert torch.equal(m.backbone[0][0].weight, ref.features[0][0].weight)
 
 
-@pytest.mark.parametrize("name", ["image", "image_light"])
+@pytest.mark.parametrize("name", ["image", "image_light", "resnet18"])
 def test_student_configs_instantiate(name):
     m = instantiate(OmegaConf.load(CONFIGS / "student" / f"{name}.yaml"))
     assert m.descriptor_dim == 384
