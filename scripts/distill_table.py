@@ -1,89 +1,145 @@
 #!/usr/bin/env python
-"""Mean ± std over seeds of distillation runs: one line per distill choice (the distilled student), plus the
-student alone and the teacher, from the run folders' summary.json files.
+"""A study's table from its distillation runs: mean ± 95 % confidence interval over seeds per distill choice, and
+the paired difference of test Recall@1 against the student alone of the same seed (with its interval).
 
-    python scripts/distill_table.py runs/distill_sweep/<time>            # a multirun folder
-    python scripts/distill_table.py runs/distill_sweep/a runs/distill_sweep/b --markdown table.md
+    python scripts/distill_table.py runs/distill_sweep/<time> --csv docs/results/study.csv   # runs → results file
+    python scripts/distill_table.py --results docs/results/study.csv --markdown table.md      # results file → table
 
-Columns: validation Recall@1 of the selected epoch, test Recall@1 and Recall@1% (PointNetVLAD protocol), seeds.
+The results file (one row per model and seed: model, distill, seed, val_r1, test_r1, test_r1p, run_dir) is what
+the table is generated from; docs tables name it and the command that produced it. Columns of the table:
+validation Recall@1 of the selected epoch, test Recall@1 and Recall@1% (PointNetVLAD protocol), Δ test R@1 vs
+the student alone (paired by seed), the share of the student-alone-to-teacher gap closed, and the seed count.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
-import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-def _stats(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+FIELDS = ("model", "distill", "seed", "val_r1", "test_r1", "test_r1p", "run_dir")
+ALONE, TEACHER = "student alone", "teacher"
 
 
-def collect(folders: list[Path]) -> dict[str, dict[str, list[float]]]:
-    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    seen_alone: set[str] = set()
-    teachers: set[str] = set()
+def _label(name: str, distill: str) -> str:
+    if name.startswith("teacher"):
+        return TEACHER
+    if name.endswith(" alone") or distill == "none":
+        return ALONE
+    return f"distill={distill}"
+
+
+def collect(folders: list[Path]) -> list[dict]:
+    """One record per (model, seed) from the distillation runs' ``summary.json`` under ``folders`` (a student
+    alone or a teacher shared by several runs is counted once)."""
+    records, seen = [], set()
     for folder in folders:
         for summary_file in sorted(folder.rglob("summary.json")):
             summary = json.loads(summary_file.read_text())
             if "rows" not in summary or "distill" not in summary:
                 continue  # a model's own summary, not a distillation run
-            for row, label in zip(summary["rows"], _labels(summary)):
-                if label == "student alone":
-                    key = row.get("run_dir") or ""
-                    if key in seen_alone:
-                        continue  # one student alone per seed, shared by the distill choices
-                    seen_alone.add(key)
-                if label == "teacher":
-                    if (row.get("run_dir") or "") in teachers:
-                        continue
-                    teachers.add(row.get("run_dir") or "")
-                g = groups[label]
-                for k in ("val_r1", "test_r1", "test_r1p"):
-                    if row.get(k) is not None:
-                        g[k].append(float(row[k]))
-                g["seeds"].append(summary.get("seed", 0))
-    return groups
+            for row in summary["rows"]:
+                label = _label(row["model"], summary["distill"])
+                # the teacher is shared by every seed of a sweep; a student alone by every distill choice of a seed
+                key = (label, row.get("run_dir") or str(summary_file),
+                       None if label == TEACHER else summary.get("seed", 0))
+                if label in (ALONE, TEACHER) and key in seen:
+                    continue
+                seen.add(key)
+                records.append({"model": label, "distill": summary["distill"], "seed": int(summary.get("seed", 0)),
+                                **{k: row.get(k) for k in ("val_r1", "test_r1", "test_r1p")},
+                                "run_dir": row.get("run_dir") or str(summary_file.parent)})
+    return records
 
 
-def _labels(summary: dict) -> list[str]:
-    out = []
-    for row in summary["rows"]:
-        name = row["model"]
-        if name.startswith("teacher"):
-            out.append("teacher")
-        elif name.endswith(" alone") or summary["distill"] == "none":
-            out.append("student alone")
-        else:
-            out.append(f"distill={summary['distill']}")
-    return out
+def read_results(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["seed"] = int(r["seed"])
+        for k in ("val_r1", "test_r1", "test_r1p"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+    return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", type=Path)
-    p.add_argument("--markdown", type=Path, help="also write the table to this file")
-    args = p.parse_args()
-    groups = collect(args.folders)
-    if not groups:
-        raise SystemExit(f"no distillation summary.json under {[str(f) for f in args.folders]}")
-    order = sorted(groups, key=lambda k: (k != "teacher", k != "student alone", k))
-    lines = ["| model | val R@1 | test R@1 | test R@1% | runs |", "|---|---:|---:|---:|---:|"]
+def results_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def table(records: list[dict]) -> str:
+    from crossmodal.evaluation.seeds import mean_ci, paired_difference
+
+    by_model: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        for k in ("val_r1", "test_r1", "test_r1p"):
+            if r.get(k) is not None:
+                by_model[r["model"]][k][r["seed"]] = float(r[k])
+    alone = by_model.get(ALONE, {}).get("test_r1", {})
+    teacher = mean_ci(list(by_model.get(TEACHER, {}).get("test_r1", {}).values()))
+    order = sorted(by_model, key=lambda k: (k != TEACHER, k != ALONE, k))
+    lines = ["| model | val R@1 | test R@1 | test R@1% | Δ test R@1 vs alone (paired) | gap closed | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for k in order:
-        g = groups[k]
-        lines.append(f"| {k} | {_stats(g['val_r1'])} | {_stats(g['test_r1'])} | {_stats(g['test_r1p'])} | "
-                     f"{len(g['seeds'])} |")
-    text = "\n".join(lines)
+        g = by_model[k]
+        test = mean_ci(list(g["test_r1"].values()))
+        delta, closed = "-", "-"
+        if k not in (ALONE, TEACHER) and alone:
+            d = paired_difference(g["test_r1"], alone)
+            delta = d.format() + (" *" if d.excludes_zero() else "")
+            gap = teacher.mean - mean_ci(list(alone.values())).mean
+            if teacher.n and gap > 0:
+                closed = f"{100.0 * d.mean / gap:.0f} %"
+        lines.append(f"| {k} | {mean_ci(list(g['val_r1'].values())).format()} | {test.format()} | "
+                     f"{mean_ci(list(g['test_r1p'].values())).format()} | {delta} | {closed} | "
+                     f"{len(g['test_r1'])} |")
+    lines += ["", "Mean ± half-width of the 95 % confidence interval (Student's t over seeds); Δ: test R@1 minus the "
+              "student alone's of the same seed, * where its interval excludes 0; gap closed: mean Δ over "
+              "(teacher − student alone) test R@1."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="*", type=Path, help="distillation run folders (searched for summary.json)")
+    p.add_argument("--results", type=Path, help="read the records from this results CSV instead of run folders")
+    p.add_argument("--csv", type=Path, help="write the records (the results file) here")
+    p.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = p.parse_args(argv)
+    if bool(args.folders) == bool(args.results):
+        print("error: give run folders or --results FILE (one of the two)", file=sys.stderr)
+        return 2
+    if args.results:
+        if not args.results.is_file():
+            print(f"error: {args.results}: no such results file", file=sys.stderr)
+            return 2
+        records = read_results(args.results)
+    else:
+        records = collect(args.folders)
+    if not records:
+        print(f"error: no distillation summary.json under {[str(f) for f in args.folders]}", file=sys.stderr)
+        return 2
+    if args.csv:
+        from preprocessing.io import atomic_write_text
+
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.csv, results_csv(records))
+    text = table(records)
     print(text)
     if args.markdown:
-        args.markdown.write_text(text + "\n")
+        from preprocessing.io import atomic_write_text
+
+        atomic_write_text(args.markdown, text + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
