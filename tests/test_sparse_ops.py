@@ -11,6 +11,7 @@ from crossmodal.sparse import (
     GeM,
     GlobalAvgPool,
     GlobalMaxPool,
+    GridGeM,
     SparseBatchNorm,
     SparseCollate,
     SparseReLU,
@@ -44,6 +45,54 @@ def test_global_pooling_matches_per_batch_loops(seed):
     gem = GeM(p=3.0).double()
     ref = naive_pool(c, f, lambda v: v.clamp(min=1e-6).pow(3).mean(0).pow(1 / 3))
     torch.testing.assert_close(gem(x), ref)
+
+
+def naive_grid_gem(coords, feats, cells, p, eps=1e-6):
+    """Loops: each batch item's x-y bounding box cut into cells × cells slices, GeM per cell (eps**1 if empty)."""
+    rows = []
+    for b in sorted(set(coords[:, 0].tolist())):
+        c, f = coords[coords[:, 0] == b], feats[coords[:, 0] == b]
+        lo = c[:, 1:3].min(0).values.double()
+        span = c[:, 1:3].max(0).values.double() - lo + 1.0  # stride 1
+        out = []
+        for i in range(cells):
+            for j in range(cells):
+                ij = torch.floor((c[:, 1:3].double() - lo) / span * cells).long()
+                m = (ij[:, 0] == i) & (ij[:, 1] == j)
+                out.append(f[m].clamp(min=eps).pow(p).mean(0).pow(1 / p) if m.any()
+                           else torch.full((f.shape[1],), eps, dtype=f.dtype))
+        rows.append(torch.cat(out))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("cells", [1, 2, 3])
+def test_grid_gem_matches_per_cell_loops(seed, cells):
+    coords, feats = shuffled_batch(seed)
+    x = sparse_tensor(coords, feats, backend="torch")
+    pool = GridGeM(cells, p=3.0).double()
+    out = pool(x)
+    assert out.shape == (4, cells * cells * 5)
+    torch.testing.assert_close(out, naive_grid_gem(x.coords, x.feats, cells, 3.0))
+    if cells == 1:  # one cell = global GeM
+        torch.testing.assert_close(out, GeM(p=3.0).double()(x))
+
+
+def test_grid_gem_keeps_layout_and_has_finite_gradients():
+    """Two items with the same points in mirrored x order: global GeM cannot tell them apart, GridGeM can."""
+    pts = torch.tensor([[0, 0, 0], [0, 1, 0], [5, 0, 0], [5, 1, 0]])
+    feats = torch.tensor([[1.0], [1.0], [4.0], [4.0]], dtype=torch.float64)
+    coords = torch.cat([torch.cat([torch.zeros(4, 1, dtype=torch.long), pts], 1),
+                        torch.cat([torch.ones(4, 1, dtype=torch.long), pts], 1)]).int()
+    f = torch.cat([feats, feats.flip(0)]).requires_grad_(True)
+    x = sparse_tensor(coords, f, backend="torch")
+    glob = GeM(p=3.0).double()(x)
+    torch.testing.assert_close(glob[0], glob[1])
+    grid = GridGeM(2, p=3.0).double()
+    out = grid(x)
+    assert not torch.allclose(out[0], out[1])
+    out.sum().backward()
+    assert torch.isfinite(f.grad).all() and torch.isfinite(grid.p.grad).all()
 
 
 def test_pooling_gradients_reach_their_own_batch_item():
