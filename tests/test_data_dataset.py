@@ -182,3 +182,31 @@ def test_bad_arguments(clean):
 def test_resize_transform(clean):
     ds = PairedPlaceDataset(clean.root, "val", modalities=("image",), image_transform=image_eval_transform((48, 64)))
     assert ds[0]["image"].shape == (3, 48, 64)
+
+
+def test_place_subset_keeps_whole_cells():
+    from crossmodal.data.dataset import place_subset
+
+    pos = np.array([[0.0, 0.0], [10.0, 5.0], [150.0, 0.0], [160.0, 20.0], [0.0, 250.0], [99.9, 99.9]])
+    cells = [tuple(c) for c in np.floor(pos / 100.0).astype(int)]  # (0,0) x3, (1,0) x2, (0,2) x1
+    for seed in range(5):
+        keep = place_subset(pos, 0.5, 100.0, seed)
+        kept_cells = {c for c, k in zip(cells, keep) if k}
+        assert len(kept_cells) == 2  # round(0.5 · 3 cells)
+        assert all(k == (c in kept_cells) for c, k in zip(cells, keep))  # a cell is kept whole or not at all
+    assert place_subset(pos, 1.0, 100.0, 0).all() and place_subset(pos, 0.01, 100.0, 0).sum() >= 1
+    with pytest.raises(ValueError, match="place_fraction"):
+        place_subset(pos, 0.0, 100.0, 0)
+
+
+def test_place_fraction_subsamples_the_training_rows_only(clean):
+    from crossmodal.data import PlaceDataModule
+
+    full = PairedPlaceDataset(clean.root, "train")
+    dm = PlaceDataModule(clean.root, place_fraction=0.5, place_cell_m=1.0, num_workers=0)
+    sub = dm.dataset("train", augment=False)
+    assert 0 < len(sub) < len(full) and sub.place_subsampled == len(full) - len(sub) and sub.skipped == {}
+    assert set(sub.sample_ids) <= set(full.sample_ids)
+    for i in range(len(sub)):  # the tuples index the subsampled rows only
+        assert all(0 <= j < len(sub) for j in sub.tuples.positives(i))
+    assert len(dm.dataset("val", augment=False)) == len(PairedPlaceDataset(clean.root, "val"))

@@ -43,6 +43,8 @@ class PlaceDataModule:
         seed: sampler order and augmentation draws.
         drop_last: drop the last partial training batch.
         validate_clouds: read every cloud at construction and drop non-finite ones.
+        place_fraction, place_cell_m: train on the rows of a seeded fraction of the ``place_cell_m`` cells only
+            (fewer distinct places; validation and test untouched): for benchmark-size studies.
     """
 
     def __init__(self, root: str | Path, modalities: Sequence[str] = ("image", "cloud"),
@@ -50,7 +52,8 @@ class PlaceDataModule:
                  num_workers: int = 2, quantization_size: float = 0.01, image_size: Sequence[int] | None = None,
                  augment: bool = True, image_augment: Mapping[str, Any] | None = None,
                  cloud_augment: Mapping[str, Any] | None = None, seed: int = 0, drop_last: bool = False,
-                 pin_memory: bool = False, persistent_workers: bool = False, validate_clouds: bool = False):
+                 pin_memory: bool = False, persistent_workers: bool = False, validate_clouds: bool = False,
+                 place_fraction: float = 1.0, place_cell_m: float = 100.0):
         self.root = Path(root)
         self.modalities = tuple(to_plain(modalities))
         self.require = None if require is None else tuple(to_plain(require))
@@ -68,6 +71,9 @@ class PlaceDataModule:
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.validate_clouds = bool(validate_clouds)
+        self.place_fraction, self.place_cell_m = float(place_fraction), float(place_cell_m)
+        if not 0.0 < self.place_fraction <= 1.0:
+            raise ValueError(f"place_fraction must lie in (0, 1], got {place_fraction}")
         self._datasets: dict[tuple[str, bool], PairedPlaceDataset] = {}
         self._train_loader: DataLoader | None = None
 
@@ -82,9 +88,12 @@ class PlaceDataModule:
                 cloud_tf = cloud_train_transform(**self.cloud_augment)
             else:
                 image_tf, cloud_tf = image_eval_transform(self.image_size), None
+            subsample = split == "train" and self.place_fraction < 1.0
             self._datasets[key] = PairedPlaceDataset(self.root, split, self.modalities, image_tf, cloud_tf,
                                                      require=self.require, validate_clouds=self.validate_clouds,
-                                                     seed=self.seed)
+                                                     seed=self.seed,
+                                                     place_fraction=self.place_fraction if subsample else 1.0,
+                                                     place_cell_m=self.place_cell_m)
         return self._datasets[key]
 
     def _loader_kwargs(self) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class PairedPlaceDataset(Dataset):
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str] = ("image", "cloud"),
                  image_transform: Callable | None = None, cloud_transform: Callable | None = None,
                  submap_set: str | None = None, require: Sequence[str] | None = None,
-                 validate_clouds: bool = False, seed: int = 0):
+                 validate_clouds: bool = False, seed: int = 0, place_fraction: float = 1.0,
+                 place_cell_m: float = 100.0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         modalities = tuple(modalities)
@@ -178,6 +179,14 @@ class PairedPlaceDataset(Dataset):
         for reason, n in self.skipped.items():
             log.warning("%s split %r: dropped %d row(s) for %s (e.g. %s)", self.root, split, n, reason,
                         examples[reason])
+        self.place_subsampled = 0
+        if place_fraction < 1.0:
+            subset = place_subset(rows[["northing", "easting"]].to_numpy(np.float64), place_fraction,
+                                  place_cell_m, self.seed)
+            self.place_subsampled = int((keep & ~subset).sum())
+            keep &= subset
+            log.info("%s split %r: kept the rows of %.0f %% of the %g m cells (%d rows left out on purpose)",
+                     self.root, split, 100 * place_fraction, place_cell_m, self.place_subsampled)
 
         self.rows = rows[keep].reset_index(drop=True)
         self.sample_ids = self.rows["sample_id"].to_numpy(np.int64)
@@ -265,6 +274,19 @@ class PairedPlaceDataset(Dataset):
     def __repr__(self) -> str:
         return (f"PairedPlaceDataset(root={str(self.root)!r}, split={self.split!r}, submap_set={self.submap_set!r}, "
                 f"modalities={self.modalities}, items={len(self)}, skipped={self.skipped})")
+
+
+def place_subset(positions: np.ndarray, fraction: float, cell_m: float, seed: int) -> np.ndarray:
+    """Rows whose ``cell_m`` square cell (by northing, easting) is in a seeded ``fraction`` of the occupied cells
+    (at least one): fewer distinct places, every run of a kept place kept. For studies of benchmark size."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"place_fraction must lie in (0, 1], got {fraction}")
+    if cell_m <= 0:
+        raise ValueError(f"place_cell_m must be positive, got {cell_m}")
+    cells = np.floor(positions / cell_m).astype(np.int64)
+    unique, inverse = np.unique(cells, axis=0, return_inverse=True)
+    chosen = np.random.default_rng(seed).permutation(len(unique))[:max(1, round(fraction * len(unique)))]
+    return np.isin(inverse.ravel(), chosen)
 
 
 def _file_size(path: Path) -> int:

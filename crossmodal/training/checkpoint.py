@@ -40,7 +40,8 @@ RESUME_IGNORED = ("resume", "trainer.resume", "trainer.max_epochs", "trainer.pro
 
 #: Options added after checkpoints and reuse hashes existed, with the value at which they change nothing: a key at
 #: its neutral value counts as absent, so older checkpoints still resume and older run folders are still reused.
-NEUTRAL_DEFAULTS = {"trainer.sync_batchnorm": False, "trainer.precision": "fp32"}
+NEUTRAL_DEFAULTS = {"trainer.sync_batchnorm": False, "trainer.precision": "fp32", "data.place_fraction": 1.0,
+                    "data.place_cell_m": 100.0}
 
 
 def drop_neutral(flat: Mapping[str, Any]) -> dict[str, Any]:
