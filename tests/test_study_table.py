@@ -70,3 +70,30 @@ def test_table_from_runs_and_from_its_results_file(tmp_path, capsys):
     line_y = next(ln for ln in from_file.splitlines() if ln.startswith("| distill=y |"))
     assert "| 0.00 ± 2.48 | 0 % | 3 |" in line_y  # −1, 0, 1: the interval holds 0, no star
     assert mod.main([]) == 2 and mod.main(["--results", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_runs_table_reads_configs_and_summaries(tmp_path, capsys):
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("runs_table", SCRIPT.parent / "runs_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "t1"
+    run.mkdir()
+    cfg = {"teacher": {"_target_": "crossmodal.models.teachers.FusionTeacher", "fusion": "concat_l2",
+                       "cloud": {"_target_": "x.MinkLoc3D", "pooling": "GridGeM"},
+                       "image": {"_target_": "crossmodal.models.image.EfficientNetLiteGeM"}},
+           "data": {"augment": True, "cloud_augment": {"block_p": 0.0}}, "teacher_loss": {"normalize": False},
+           "trainer": {"epochs": 16}, "optimizer": {"milestones": [12]}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "summary.json").write_text(json.dumps({"train_rows": 745, "best": {"epoch": 16, "val_r1": 94.2},
+                                                  "test_best_checkpoint": {"r1": 92.78}}))
+    (tmp_path / "unfinished").mkdir()
+    out = tmp_path / "r.csv"
+    assert mod.main([str(run), str(tmp_path / "unfinished"), "--csv", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped (unfinished" in captured.err
+    row = ("| FusionTeacher | EfficientNetLiteGeM | GridGeM | concat_l2 | True | `{\"block_p\": 0.0}` | False | "
+           "16 ([12]) | 745 | 16 | 94.20 | 92.78 |")
+    assert row in captured.out
+    assert mod.main(["--results", str(out)]) == 0 and row in capsys.readouterr().out
