@@ -13,7 +13,6 @@ the student alone (paired by seed), the share of the student-alone-to-teacher ga
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -101,44 +100,16 @@ def table(records: list[dict]) -> str:
         lines.append(f"| {k} | {mean_ci(list(g['val_r1'].values())).format()} | {test.format()} | "
                      f"{mean_ci(list(g['test_r1p'].values())).format()} | {delta} | {closed} | "
                      f"{len(g['test_r1'])} |")
-    lines += ["", "Mean ± half-width of the 95 % confidence interval (Student's t over seeds); Δ: test R@1 minus the "
-              "student alone's of the same seed, * where its interval excludes 0; gap closed: mean Δ over "
-              "(teacher − student alone) test R@1."]
+    lines += ["", ("Mean ± half-width of the 95 % confidence interval (Student's t over seeds); Δ: test R@1 minus "
+                   "the student alone's of the same seed, * where its interval excludes 0; gap closed: mean Δ over "
+                   "(teacher − student alone) test R@1.")]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="*", type=Path, help="distillation run folders (searched for summary.json)")
-    p.add_argument("--results", type=Path, help="read the records from this results CSV instead of run folders")
-    p.add_argument("--csv", type=Path, help="write the records (the results file) here")
-    p.add_argument("--markdown", type=Path, help="also write the table to this file")
-    args = p.parse_args(argv)
-    if bool(args.folders) == bool(args.results):
-        print("error: give run folders or --results FILE (one of the two)", file=sys.stderr)
-        return 2
-    if args.results:
-        if not args.results.is_file():
-            print(f"error: {args.results}: no such results file", file=sys.stderr)
-            return 2
-        records = read_results(args.results)
-    else:
-        records = collect(args.folders)
-    if not records:
-        print(f"error: no distillation summary.json under {[str(f) for f in args.folders]}", file=sys.stderr)
-        return 2
-    if args.csv:
-        from preprocessing.io import atomic_write_text
+    from crossmodal.evaluation.results import results_main
 
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.csv, results_csv(records))
-    text = table(records)
-    print(text)
-    if args.markdown:
-        from preprocessing.io import atomic_write_text
-
-        atomic_write_text(args.markdown, text + "\n")
-    return 0
+    return results_main(argv, __doc__, collect=collect, read=read_results, to_csv=results_csv, render=table)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Unfinished runs (no summary.json) are listed on stderr and left out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -59,6 +58,17 @@ def record(folder: Path) -> dict | None:
     }
 
 
+def collect(folders: list[Path]) -> list[dict]:
+    rows = []
+    for folder in folders:
+        r = record(folder)
+        if r is None:
+            print(f"skipped (unfinished: no summary.json / config.yaml): {folder}", file=sys.stderr)
+        else:
+            rows.append(r)
+    return rows
+
+
 def read_results(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -81,8 +91,8 @@ def _num(v, digits: int = 2) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | image branch | cloud pooling | fusion | augment | cloud augment overrides | L2 in loss "
-             "| epochs (lr steps) | train rows | best epoch | val R@1 | test R@1 |",
+    lines = [("| model | image branch | cloud pooling | fusion | augment | cloud augment overrides | L2 in loss "
+              "| epochs (lr steps) | train rows | best epoch | val R@1 | test R@1 |"),
              "|---|---|---|---|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['image_branch']} | {r['cloud_pooling']} | {r['fusion']} | "
@@ -93,37 +103,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="*", type=Path, help="run folders (holding config.yaml and summary.json)")
-    p.add_argument("--results", type=Path, help="read the rows from this results CSV instead")
-    p.add_argument("--csv", type=Path, help="write the rows (the results file) here")
-    args = p.parse_args(argv)
-    if bool(args.folders) == bool(args.results):
-        print("error: give run folders or --results FILE (one of the two)", file=sys.stderr)
-        return 2
-    if args.results:
-        if not args.results.is_file():
-            print(f"error: {args.results}: no such results file", file=sys.stderr)
-            return 2
-        rows = read_results(args.results)
-    else:
-        rows = []
-        for folder in args.folders:
-            r = record(folder)
-            if r is None:
-                print(f"skipped (unfinished: no summary.json / config.yaml): {folder}", file=sys.stderr)
-            else:
-                rows.append(r)
-    if not rows:
-        print("error: no finished run", file=sys.stderr)
-        return 2
-    if args.csv:
-        from preprocessing.io import atomic_write_text
+    from crossmodal.evaluation.results import results_main
 
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.csv, results_csv(rows))
-    print(table(rows))
-    return 0
+    return results_main(argv, __doc__, collect=collect, read=read_results, to_csv=results_csv, render=table)
 
 
 if __name__ == "__main__":

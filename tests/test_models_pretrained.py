@@ -29,7 +29,7 @@ def _photo(name: str, size: int = 224) -> np.ndarray:
     from PIL import Image
 
     if name == "grace_hopper":
-        import matplotlib.cbook as cbook
+        from matplotlib import cbook
 
         img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     else:

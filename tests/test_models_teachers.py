@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from crossmodal.data import PairedPlaceDataset, PlaceCollate, image_eval_transform
 from crossmodal.data.fake import write_fake_manifest

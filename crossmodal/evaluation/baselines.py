@@ -65,9 +65,11 @@ def evaluate_baselines(ds: Any, sets: Any, metric: str = "euclidean", num_neighb
     desc, skipped = baseline_descriptors(ds, rows, modalities)
     position = {int(r): k for k, r in enumerate(rows)}
     results: dict[str, Any] = {}
+    def pick(d: np.ndarray, rs: np.ndarray) -> np.ndarray:
+        return d[[position[int(r)] for r in rs]] if len(rs) else d[:0]
+
     for name, (modality, d) in desc.items():
-        pick = lambda rs: d[[position[int(r)] for r in rs]] if len(rs) else d[:0]  # noqa: E731
-        ev = pnv_evaluate([pick(r) for r in sets.database_rows], [pick(r) for r in sets.query_rows],
+        ev = pnv_evaluate([pick(d, r) for r in sets.database_rows], [pick(d, r) for r in sets.query_rows],
                           sets.query_sets, num_neighbors, metric, "flat", 1, False)
         r = ev.recall
         results[name] = {"modality": modality, "r1": r.at(1), "r5": r.at(5), "r10": r.at(10),

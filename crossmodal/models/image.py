@@ -21,10 +21,21 @@ import torch
 from torch import Tensor, nn
 
 from .pooling import GeM
-from .pretrained import import_optional, load_state_dict_file, load_truncated, resolve_weights
+from .pretrained import (
+    import_optional,
+    load_state_dict_file,
+    load_truncated,
+    resolve_weights,
+)
 
-__all__ = ["ResNetGeM", "MobileNetV3GeM", "MobileNetV2GeM", "EfficientNetLiteGeM", "load_state_dict_file",
-           "load_truncated"]
+__all__ = [
+    "EfficientNetLiteGeM",
+    "MobileNetV2GeM",
+    "MobileNetV3GeM",
+    "ResNetGeM",
+    "load_state_dict_file",
+    "load_truncated",
+]
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")

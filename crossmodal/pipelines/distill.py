@@ -366,8 +366,8 @@ def write_run_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]], extra:
     lines = [f"# Distillation run: distill={cfg.distill.name}, seed={cfg.seed}", ""]
     if extra.get("verdict"):
         lines += [f"**Verdict: {extra['verdict']}.**", ""]
-    lines += [f"Dataset `{cfg.dataset_dir}`; selection on validation Recall@1, figures on the test (evaluation) "
-              f"sets.", "", "| model | val R@1 (best) | epoch | test R@1 | test R@1% | parameters |",
+    lines += [(f"Dataset `{cfg.dataset_dir}`; selection on validation Recall@1, figures on the test (evaluation) "
+               f"sets."), "", "| model | val R@1 (best) | epoch | test R@1 | test R@1% | parameters |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in [*rows, *extra.get("baseline_rows", [])]:
         lines.append(f"| {r['model']} | {_fmt(r.get('val_r1'))} | {_fmt(r.get('best_epoch'))} | "
