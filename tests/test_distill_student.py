@@ -14,7 +14,7 @@ from crossmodal.training import load_checkpoint
 from crossmodal.training.student import train_student
 from crossmodal.training.teacher_cache import load_or_build_cache
 
-STUDENT_TINY = ["student.out_dim=272", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0", "trainer.progress=false",
+STUDENT_TINY = ["student=resnet18", "student.out_dim=272", "data.batch_size=8", "data.eval_batch_size=16", "data.num_workers=0", "trainer.progress=false",
                 "trainer.epochs=2", "optimizer.milestones=[1]"]  # the tiny teacher: 16 + 256 = 272-d
 
 

@@ -212,7 +212,7 @@ def test_two_process_distillation_matches_one_process(case, tmp_path):
 
     root, c, teacher = case
     common = [*c["data"], f"dataset_dir={root}", "dataset.synthetic=null", "distill=feature_l2",
-              f"teacher_training.checkpoint={teacher}", "student.out_dim=272", "data.batch_size=8",
+              f"teacher_training.checkpoint={teacher}", "student=resnet18", "student.out_dim=272", "data.batch_size=8",
               "data.eval_batch_size=16", "data.num_workers=0", "trainer.progress=false", "trainer.epochs=2",
               "optimizer.milestones=[1]", f"trainer.max_steps_per_epoch={c['steps']}", "trainer.sync_batchnorm=true",
               "trainer.deterministic=true", "optimizer.name=sgd", "optimizer.lr=0.001", "evaluation.report=false",
