@@ -21,7 +21,7 @@ from crossmodal.config import to_plain
 
 from .augment import cloud_train_transform, image_eval_transform, image_train_transform
 from .collate import PlaceCollate
-from .dataset import PairedPlaceDataset
+from .dataset import PairedPlaceDataset, check_place_subset
 from .sampler import PositivePairBatchSampler
 
 
@@ -72,8 +72,7 @@ class PlaceDataModule:
         self.persistent_workers = bool(persistent_workers)
         self.validate_clouds = bool(validate_clouds)
         self.place_fraction, self.place_cell_m = float(place_fraction), float(place_cell_m)
-        if not 0.0 < self.place_fraction <= 1.0:
-            raise ValueError(f"place_fraction must lie in (0, 1], got {place_fraction}")
+        check_place_subset(self.place_fraction, self.place_cell_m)  # rejected before any data is read
         self._datasets: dict[tuple[str, bool], PairedPlaceDataset] = {}
         self._train_loader: DataLoader | None = None
 

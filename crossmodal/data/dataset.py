@@ -276,13 +276,18 @@ class PairedPlaceDataset(Dataset):
                 f"modalities={self.modalities}, items={len(self)}, skipped={self.skipped})")
 
 
-def place_subset(positions: np.ndarray, fraction: float, cell_m: float, seed: int) -> np.ndarray:
-    """Rows whose ``cell_m`` square cell (by northing, easting) is in a seeded ``fraction`` of the occupied cells
-    (at least one): fewer distinct places, every run of a kept place kept. For studies of benchmark size."""
+def check_place_subset(fraction: float, cell_m: float) -> None:
+    """``ValueError`` for a ``place_fraction`` outside (0, 1] or a non-positive ``place_cell_m``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"place_fraction must lie in (0, 1], got {fraction}")
     if cell_m <= 0:
         raise ValueError(f"place_cell_m must be positive, got {cell_m}")
+
+
+def place_subset(positions: np.ndarray, fraction: float, cell_m: float, seed: int) -> np.ndarray:
+    """Rows whose ``cell_m`` square cell (by northing, easting) is in a seeded ``fraction`` of the occupied cells
+    (at least one): fewer distinct places, every run of a kept place kept. For studies of benchmark size."""
+    check_place_subset(fraction, cell_m)
     cells = np.floor(positions / cell_m).astype(np.int64)
     unique, inverse = np.unique(cells, axis=0, return_inverse=True)
     chosen = np.random.default_rng(seed).permutation(len(unique))[:max(1, round(fraction * len(unique)))]

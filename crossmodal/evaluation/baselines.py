@@ -64,10 +64,11 @@ def evaluate_baselines(ds: Any, sets: Any, metric: str = "euclidean", num_neighb
     rows = np.unique(np.concatenate([*map(np.asarray, sets.database_rows), *map(np.asarray, sets.query_rows)]))
     desc, skipped = baseline_descriptors(ds, rows, modalities)
     position = {int(r): k for k, r in enumerate(rows)}
-    results: dict[str, Any] = {}
+
     def pick(d: np.ndarray, rs: np.ndarray) -> np.ndarray:
         return d[[position[int(r)] for r in rs]] if len(rs) else d[:0]
 
+    results: dict[str, Any] = {}
     for name, (modality, d) in desc.items():
         ev = pnv_evaluate([pick(d, r) for r in sets.database_rows], [pick(d, r) for r in sets.query_rows],
                           sets.query_sets, num_neighbors, metric, "flat", 1, False)

@@ -46,7 +46,8 @@ def results_cli(folders: list[Path], results: Path | None, csv_out: Path | None,
     else:
         records = collect(folders)
     if not records:
-        print(f"error: no finished run under {[str(f) for f in folders]}", file=sys.stderr)
+        source = str(results) if results is not None else ", ".join(str(f) for f in folders)
+        print(f"error: no records in {source} (no finished run, or an empty results file)", file=sys.stderr)
         return 2
     if csv_out is not None:
         csv_out.parent.mkdir(parents=True, exist_ok=True)
