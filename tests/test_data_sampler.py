@@ -70,6 +70,10 @@ def test_batch_expansion_and_last_batch():
     check_epoch(s, t)
     with pytest.raises(ValueError, match="even"):
         s.set_batch_size(7)
+    with pytest.raises(ValueError, match="at least 4"):  # one pair of positives forms no triplet
+        s.set_batch_size(2)
+    with pytest.raises(ValueError, match="at least 4"):
+        PositivePairBatchSampler(t, 2)
     pairs = len(s.pairs())
     for drop_last in (False, True):
         s2 = PositivePairBatchSampler(t, 2 * (pairs - 1), drop_last=drop_last, min_pairs=1)

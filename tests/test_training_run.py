@@ -16,6 +16,8 @@ import torch
 
 from crossmodal.data.fake import write_fake_manifest
 from crossmodal.training import CheckpointMismatchError, load_checkpoint, train_teacher
+from crossmodal.training.losses import TeacherLoss
+from crossmodal.training.trainer import NoTripletsError
 from crossmodal.training.testing import (
     compose_train_teacher,
     history_rows,
@@ -130,3 +132,26 @@ def test_single_modality_teachers_train(fake, tmp_path, teacher):
                             tmp_path, name=teacher)
     assert summary["modalities"] == (["cloud"] if teacher == "lidar" else ["image"])
     assert summary["finished"] and summary["best"]["epoch"] == 1
+
+
+def test_an_epoch_without_triplets_is_an_error(fake, tmp_path, monkeypatch):
+    """A loss with no active terms in a whole epoch trained nothing: the run must stop, not report success
+    (issue 13: data.batch_size=2 once trained for every epoch at loss 0 and exited 0)."""
+    real = TeacherLoss.forward
+
+    def no_triplets(self, outputs, positives_mask, negatives_mask):
+        loss, stats = real(self, outputs, positives_mask, negatives_mask)
+        return loss * 0.0, {**stats, "num_triplets": 0.0, "num_non_zero_triplets": 0.0, "loss": 0.0}
+
+    monkeypatch.setattr(TeacherLoss, "forward", no_triplets)
+    cfg = _cfg(fake, "trainer.epochs=2", "trainer.max_steps_per_epoch=2")
+    with pytest.raises(NoTripletsError, match=r"epoch 1: none of its 2 batches formed a triplet.*data.batch_size"):
+        train_teacher(cfg, tmp_path / "run", name="fusion")
+
+
+def test_batch_of_one_pair_is_rejected(fake, tmp_path):
+    cmd = [sys.executable, "scripts/train_teacher.py", *tiny_overrides("fusion"), f"dataset_dir={fake}",
+           "data.batch_size=2", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=script_env(threads=None), capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode != 0 and "batch_size must be even and at least 4" in proc.stderr

@@ -30,6 +30,8 @@ from typing import Protocol
 import numpy as np
 from torch.utils.data import Sampler
 
+MIN_BATCH_SIZE = 4  # two pairs of positives: the fewest rows in which every anchor has a positive and a negative
+
 
 class HasPositives(Protocol):
     def __len__(self) -> int: ...
@@ -79,10 +81,15 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def set_batch_size(self, batch_size: int) -> None:
-        """Use ``batch_size`` (even, ≥ 2) from the next iteration on."""
+        """Use ``batch_size`` (even, ≥ 4) from the next iteration on.
+
+        Batches are pairs of mutual positives from different places: two pairs are the fewest that give every
+        anchor a positive and a negative (one pair forms no triplet and trains nothing).
+        """
         batch_size = int(batch_size)
-        if batch_size < 2 or batch_size % 2:
-            raise ValueError(f"batch_size must be even and at least 2 (pairs of positives), got {batch_size}")
+        if batch_size < MIN_BATCH_SIZE or batch_size % 2:
+            raise ValueError(f"batch_size must be even and at least {MIN_BATCH_SIZE} (two pairs of positives, so "
+                             f"that every anchor has a positive and a negative), got {batch_size}")
         self.batch_size = batch_size
 
     def expand_batch(self, rate: float = 1.4, limit: int | None = None) -> int:
@@ -90,7 +97,7 @@ class PositivePairBatchSampler(Sampler[list[int]]):
         new = max(self.batch_size + 2, int(self.batch_size * rate) // 2 * 2)
         if limit is not None:
             new = min(new, int(limit) // 2 * 2)
-        self.set_batch_size(max(new, 2))
+        self.set_batch_size(max(new, MIN_BATCH_SIZE))
         return self.batch_size
 
     # ------------------------------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ DIAGNOSTICS = ("spread", "pos_neg_gap")
 COLLAPSE_SPREAD = 0.05
 
 
+class NoTripletsError(RuntimeError):
+    """A whole epoch in which no batch formed a triplet: the task loss had nothing to learn from."""
+
+
 @dataclasses.dataclass
 class TrainerConfig:
     """``configs/trainer/*.yaml``.
@@ -456,6 +460,11 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
             diag_sums = {k: red[f"d.{k}"] / dinfo.world_size for k in diag_sums}
             samples = round(red["samples"])
         train_time = time.perf_counter() - t0
+        if steps and not sums["num_triplets"]:
+            raise NoTripletsError(
+                f"{role} epoch {epoch + 1}: none of its {steps} batches formed a triplet (the task loss had no "
+                f"active terms, so nothing was learned); every batch needs two places with a positive each: raise "
+                f"data.batch_size (now {bs}) or check the dataset's positives (the manifest's positives column)")
         nz_frac = sums["num_non_zero_triplets"] / sums["num_triplets"] if sums["num_triplets"] else 0.0
 
         last_epoch = epoch + 1 == tcfg.epochs or (tcfg.max_epochs is not None and epoch + 1 >= tcfg.max_epochs)
