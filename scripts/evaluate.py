@@ -5,7 +5,7 @@
     python scripts/evaluate.py +models.student=runs/distill/<...>/best.pt metric=cosine index.kind=ivf
     python scripts/evaluate.py +models.student=<ckpt> dataset_dir=/data/oxford latency.enabled=false
 
-Writes report.md, report.json, results.csv and plots into out_dir (default: the Hydra run folder). See
+Without dataset_dir, the dataset the checkpoints were trained on is evaluated. Writes report.md, report.json, results.csv and plots into out_dir (default: the Hydra run folder). See
 configs/evaluate.yaml and docs/evaluation.md.
 """
 
@@ -21,6 +21,7 @@ def main(cfg) -> None:
     from omegaconf import OmegaConf
 
     from crossmodal.evaluation import evaluate_checkpoints
+    from crossmodal.evaluation.checkpoints import trained_dataset
     from preprocessing.io import record_run
 
     logging.getLogger().setLevel(cfg.log_level)
@@ -35,10 +36,11 @@ def main(cfg) -> None:
 
         torch.set_num_threads(int(cfg.threads))
         faiss.omp_set_num_threads(int(cfg.threads))
+    dataset_dir = cfg.dataset_dir or trained_dataset(list(models.values()))
     record_run(out_dir, cfg)
     require = cfg.require if isinstance(cfg.require, str) else list(cfg.require)
     summary = evaluate_checkpoints(
-        models, cfg.dataset_dir, out_dir, device=cfg.device, metric=cfg.metric, index=instantiate(cfg.index),
+        models, dataset_dir, out_dir, device=cfg.device, metric=cfg.metric, index=instantiate(cfg.index),
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, latency=instantiate(cfg.latency), plots=cfg.plots,
         progress=cfg.progress, require=require, per_query_k=cfg.per_query_k, examples=cfg.examples)
     print(f"report: {out_dir}/report.md")

@@ -238,3 +238,25 @@ def test_evaluate_script(setup, tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert summary["index"]["kind"] == "ivf" and "recall_loss_vs_flat" in summary["models"]["student"]
     assert (out / "config.yaml").is_file() and (out / "command.txt").is_file()
+
+
+def test_default_dataset_is_the_checkpoints(tmp_path, monkeypatch):
+    """scripts/evaluate.py without dataset_dir evaluates the dataset the checkpoints were trained on (issue 13: the
+    README's line after preset=quick looked for data/synthetic-default); disagreement or no record is an error."""
+    import crossmodal.training.checkpoint as checkpoint
+    from crossmodal.evaluation.checkpoints import trained_dataset
+
+    roots = {"a.pt": "/d/quick", "b.pt": "/d/quick", "c.pt": "/d/other", "d.pt": None}
+    for name in roots:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda p: {"config": {"data": {"root": roots[Path(p).name]}}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"x")
+    roots["best.pt"] = "/d/quick"
+    assert trained_dataset([tmp_path / "a.pt", run]) == Path("/d/quick")
+    with pytest.raises(ValueError, match=r"different datasets: /d/quick .*a.pt.*; /d/other .*c.pt.*dataset_dir="):
+        trained_dataset([tmp_path / "a.pt", tmp_path / "c.pt"])
+    with pytest.raises(ValueError, match=r"d.pt: the checkpoint does not record its dataset; give dataset_dir="):
+        trained_dataset([tmp_path / "d.pt"])

@@ -42,6 +42,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def trained_dataset(paths: Sequence[str | Path]) -> Path:
+    """The dataset the checkpoints were trained on (their config's ``data.root``): the default evaluation set of
+    ``scripts/evaluate.py``. All must agree; a checkpoint without it, or two datasets, is an error naming the
+    files and the fix (``dataset_dir=``)."""
+    from crossmodal.training.checkpoint import load_checkpoint
+
+    roots: dict[str, list[str]] = {}
+    for path in paths:
+        ckpt = resolve_checkpoint(path)
+        data = (load_checkpoint(ckpt).get("config") or {}).get("data") or {}
+        if not data.get("root"):
+            raise ValueError(f"{ckpt}: the checkpoint does not record its dataset; give dataset_dir=<preprocessed "
+                             f"dataset folder>")
+        roots.setdefault(str(data["root"]), []).append(str(ckpt))
+    if len(roots) != 1:
+        found = "; ".join(f"{root} ({', '.join(files)})" for root, files in roots.items())
+        raise ValueError(f"the checkpoints were trained on different datasets: {found}; choose one with "
+                         f"dataset_dir=<folder>")
+    return Path(next(iter(roots)))
+
+
 @dataclasses.dataclass
 class ModelResult:
     """Everything evaluated for one model (the report and the plots read it)."""
