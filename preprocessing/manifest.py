@@ -59,8 +59,40 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
         arrow = pq.read_table(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses
         raise InputError(f"{path}: cannot read the manifest ({exc}); re-run preprocessing") from None
-    meta = json.loads((arrow.schema.metadata or {}).get(META_KEY, b"{}"))
+    try:
+        meta = json.loads((arrow.schema.metadata or {}).get(META_KEY, b"{}"))
+    except ValueError:
+        meta = None
+    check_schema(path, arrow.schema, meta)
     for key in ("benchmark_root", "image_root"):
         if meta.get(key) is not None:
             meta[key] = os.path.normpath(path.parent / meta[key])
     return arrow.to_pandas(), meta
+
+
+#: Arrow type families the readers rely on (columns not named here are only required to exist)
+_NUMERIC = ("sample_id", "timestamp", "northing", "easting", "tuple_id", "image_dt_s")
+_LISTS = ("image_timestamps", "positives", "non_negatives")
+_REBUILD = "rebuild it with `python scripts/preprocess_oxford.py` (the same source and output folder)"
+
+
+def check_schema(path: Path, schema, meta: dict | None) -> None:
+    """Reject a manifest whose columns, column types or metadata are not what the readers need, naming the file,
+    what is wrong and the command that rebuilds it."""
+    import pyarrow as pa
+
+    names = set(schema.names)
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise InputError(f"{path}: the manifest lacks column(s) {', '.join(missing)}; {_REBUILD}")
+    wrong = [f"{c} ({schema.field(c).type}, expected a number)" for c in _NUMERIC
+             if not (pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type)
+                     or pa.types.is_null(schema.field(c).type))]
+    wrong += [f"{c} ({schema.field(c).type}, expected a list)" for c in _LISTS
+              if not (pa.types.is_list(schema.field(c).type) or pa.types.is_large_list(schema.field(c).type)
+                      or pa.types.is_null(schema.field(c).type))]
+    if wrong:
+        raise InputError(f"{path}: manifest column(s) of the wrong type: {', '.join(wrong)}; {_REBUILD}")
+    if not isinstance(meta, dict) or not meta.get("benchmark_root"):
+        raise InputError(f"{path}: the manifest's metadata lacks benchmark_root (not written by this toolkit, or "
+                         f"damaged); {_REBUILD}")
