@@ -42,7 +42,7 @@ def main(cfg) -> None:
     summary = evaluate_checkpoints(
         models, dataset_dir, out_dir, device=cfg.device, metric=cfg.metric, index=instantiate(cfg.index),
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, latency=instantiate(cfg.latency), plots=cfg.plots,
-        progress=cfg.progress, require=require, per_query_k=cfg.per_query_k, examples=cfg.examples)
+        progress=cfg.progress, require=require, validate_clouds=cfg.validate_clouds, per_query_k=cfg.per_query_k, examples=cfg.examples)
     print(f"report: {out_dir}/report.md")
     for label, m in summary["models"].items():
         print(f"{label:>20s} ({m['role']}): R@1 {m['r1']:.2f}  R@5 {m['r5']:.2f}  R@10 {m['r10']:.2f}  "

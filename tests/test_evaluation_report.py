@@ -260,3 +260,30 @@ def test_default_dataset_is_the_checkpoints(tmp_path, monkeypatch):
         trained_dataset([tmp_path / "a.pt", tmp_path / "c.pt"])
     with pytest.raises(ValueError, match=r"d.pt: the checkpoint does not record its dataset; give dataset_dir="):
         trained_dataset([tmp_path / "d.pt"])
+
+
+def test_validate_clouds_reaches_the_evaluation(tmp_path):
+    """One switch governs every stage (issue 13): with validate_clouds a NaN evaluation cloud is dropped and
+    counted for every model alike; without it the evaluation stops naming the file."""
+    from crossmodal.data.dataset import CorruptCloudError
+
+    root = tmp_path / "data"
+    write_fake_manifest(root, runs=3, train_per_run=5, eval_per_run=8, nan_cloud=[5])
+    write_eval_pickles(root)
+    models = {"teacher": make_teacher_checkpoint(tmp_path / "teacher.pt"),
+              "student": make_student_checkpoint(tmp_path / "image.pt", "image")}
+    kw = {"num_workers": 0, "batch_size": 8, "latency": False, "plots": False, "progress": False}
+    summary = evaluate_checkpoints(models, root, tmp_path / "ok", validate_clouds=True, **kw)
+    for label in models:
+        assert summary["models"][label]["skipped"] == {"cloud_nonfinite": 1}, label
+    with pytest.raises(CorruptCloudError, match=r"\.bin.*validate_clouds=True"):
+        evaluate_checkpoints(models, root, tmp_path / "bad", **kw)
+
+
+def test_validate_clouds_reaches_the_teacher_stage():
+    from crossmodal.pipelines.distill import compose_config, teacher_config
+
+    for flag in (False, True):
+        cfg = compose_config("distill", ["preset=quick", f"data.validate_clouds={str(flag).lower()}"])
+        tcfg = teacher_config(cfg, Path("/d"), "fusion")
+        assert tcfg.data.validate_clouds is flag

@@ -142,7 +142,7 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
                          num_workers: int = 2, latency: bool | Mapping[str, Any] | LatencyConfig = True,
                          plots: bool = True, progress: bool = True, require: str | Sequence[str] = "auto",
                          num_neighbors: int = 25, per_query_k: int = 10, examples: int = 6,
-                         baselines: bool | Sequence[str] = True) -> dict[str, Any]:
+                         baselines: bool | Sequence[str] = True, validate_clouds: bool = False) -> dict[str, Any]:
     """Evaluate each ``label -> checkpoint`` of ``models`` on ``dataset_dir``'s evaluation sets (the PointNetVLAD
     protocol) and write ``report.md``, ``report.json`` (with per-query results), ``results.csv`` and, with
     ``plots``, ``recall_at_n.png``, ``pair_heatmap.png``, ``examples.png`` into ``out_dir``.
@@ -161,6 +161,8 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
         baselines: evaluate the training-free descriptors of both modalities (:mod:`.baselines`) on the same
             rows and sets (``True``), of the listed modalities only, or none (``False``). A modality whose files
             are missing for some evaluated row is skipped whole, logged and named in the report.
+        validate_clouds: read every cloud of the evaluated rows once and drop non-finite ones (counted and logged
+            as ``cloud_nonfinite``, for every model alike) instead of stopping at the first.
 
     Returns the summary (what ``report.json`` holds, less the per-query results).
     """
@@ -214,7 +216,8 @@ def evaluate_checkpoints(models: Mapping[str, str | Path], dataset_dir: str | Pa
         image_size = (ckpt.get("input") or {}).get("image_size") or data_cfg.get("image_size")
         dm = PlaceDataModule(dataset_dir, modalities=list(mods), require=list(req), eval_batch_size=batch_size,
                              num_workers=num_workers, image_size=image_size, augment=False,
-                             quantization_size=float(data_cfg.get("quantization_size", 0.01)))
+                             quantization_size=float(data_cfg.get("quantization_size", 0.01)),
+                             validate_clouds=validate_clouds and "cloud" in req)
         ds = dm.dataset("eval", augment=False)
         if len(ds) == 0:
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(ds.skipped.items())) or "none in the manifest"

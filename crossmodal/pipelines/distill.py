@@ -143,6 +143,8 @@ def _generate_dataset(cfg: Any, root: Path, preset: str) -> Path:
 def teacher_config(cfg: Any, dataset_dir: Path, teacher_choice: str) -> Any:
     overrides = [f"teacher={teacher_choice}", f"dataset_dir={dataset_dir}", f"output_root={cfg.output_root}",
                  f"trainer.progress={bool(cfg.trainer.progress)}".lower(), *cfg.teacher_training.overrides]
+    if cfg.data.get("validate_clouds"):  # one switch for every stage (the teacher, its cache, the evaluation)
+        overrides.append("data.validate_clouds=true")
     tcfg = compose_config("train_teacher", overrides)
     from omegaconf import OmegaConf
 
@@ -428,7 +430,8 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
             models, dataset_dir, run_dir / "evaluation", device=cfg.trainer.device, metric=cfg.evaluation.metric,
             index=cfg.evaluation.index, batch_size=int(cfg.data.eval_batch_size),
             num_workers=int(cfg.data.num_workers), latency=bool(cfg.evaluation.latency),
-            plots=bool(cfg.evaluation.plots), progress=bool(cfg.trainer.progress))
+            plots=bool(cfg.evaluation.plots), progress=bool(cfg.trainer.progress),
+            validate_clouds=bool(cfg.data.get("validate_clouds", False)))
     elif not cfg.evaluation.report:
         log.info("stage 6/6 evaluation: full report off (evaluation.report=false); test figures in the summaries")
     distributed.barrier()
