@@ -8,9 +8,12 @@ then take rank 0's run folder (``crossmodal.training.distributed.broadcast_objec
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 #: Overrides for ranks > 0: the run folder is the current directory (created by nobody), no ``.hydra/`` copy, and
 #: Hydra's console-only job logging.
@@ -55,3 +58,34 @@ def prepare_argv(argv: list[str]) -> None:
     refuse_multirun_under_torchrun(argv)
     quiet_launcher_schema_warning()
     argv += hydra_rank_overrides()
+
+
+#: Exception classes (by name, so that this module imports nothing heavy) that are the user's to fix: wrong values,
+#: missing or damaged files, unwritable outputs. Entry points end on them with one ``error:`` line and exit code 2.
+USER_ERRORS = ("ValueError", "FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",
+               "InputError", "OutputError", "NoTripletsError", "ConfigKeyError", "ValidationError",
+               "InterpolationResolutionError", "InstantiationException")
+DEBUG_ENV = "CROSSMODAL_DEBUG"
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return any(cls.__name__ in USER_ERRORS for cls in type(exc).__mro__)
+
+
+@contextlib.contextmanager
+def user_errors(environ: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Around an entry point's work: a user error (:data:`USER_ERRORS`) is logged (so the run's log file records
+    what ended it) and ends the process with one ``error: ...`` line on stderr and exit code 2, no traceback;
+    ``CROSSMODAL_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) lets it propagate with its traceback."""
+    env = os.environ if environ is None else environ
+    try:
+        yield
+    except Exception as exc:
+        if not is_user_error(exc) or env.get(DEBUG_ENV, "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        logging.getLogger("crossmodal").error("run failed: %s", message)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        print(f"error: {message} (traceback: {DEBUG_ENV}=1)", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -21,6 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="distill")
 def main(cfg) -> None:
+    from crossmodal.launch import user_errors
+
+    with user_errors():  # one `error:` line and exit code 2 for user errors (CROSSMODAL_DEBUG=1: traceback)
+        _main(cfg)
+
+
+def _main(cfg) -> None:
     if cfg.trainer.get("deterministic", False):
         # before torch loads: MKL reads these once (crossmodal.training.trainer.TrainerConfig.deterministic)
         os.environ.update({"MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})

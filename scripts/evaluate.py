@@ -17,6 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg) -> None:
+    from crossmodal.launch import user_errors
+
+    with user_errors():  # one `error:` line and exit code 2 for user errors (CROSSMODAL_DEBUG=1: traceback)
+        _main(cfg)
+
+
+def _main(cfg) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 

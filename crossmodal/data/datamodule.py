@@ -73,6 +73,14 @@ class PlaceDataModule:
         self.validate_clouds = bool(validate_clouds)
         self.place_fraction, self.place_cell_m = float(place_fraction), float(place_cell_m)
         check_place_subset(self.place_fraction, self.place_cell_m)  # rejected before any data is read
+        from .sampler import MIN_BATCH_SIZE
+
+        if self.batch_size < MIN_BATCH_SIZE or self.batch_size % 2:
+            raise ValueError(f"data.batch_size must be even and at least {MIN_BATCH_SIZE} (pairs of positives from "
+                             f"two places at least), got {self.batch_size}")
+        if self.eval_batch_size < 1 or self.num_workers < 0:
+            raise ValueError(f"data.eval_batch_size must be >= 1 and data.num_workers >= 0, got "
+                             f"{self.eval_batch_size} and {self.num_workers}")
         self._datasets: dict[tuple[str, bool], PairedPlaceDataset] = {}
         self._train_loader: DataLoader | None = None
 

@@ -140,6 +140,22 @@ def _generate_dataset(cfg: Any, root: Path, preset: str) -> Path:
     return root
 
 
+def check_config(cfg: Any, teacher_choice: str | None) -> None:
+    """Build every configured object that reads no data (the student's and the teacher stage's data modules,
+    trainers, objective and the student) so that a wrong value stops the run before any stage starts (and
+    before any folder of a stage is made)."""
+    from hydra.utils import instantiate
+
+    instantiate(cfg.data, _convert_="all")
+    instantiate(cfg.trainer, _convert_="all")
+    instantiate(cfg.distill.objective)
+    instantiate(cfg.student)
+    if not cfg.teacher_training.get("checkpoint") and not cfg.cache.get("file"):
+        tcfg = teacher_config(cfg, Path(str(cfg.dataset_dir)), teacher_choice or "fusion")
+        instantiate(tcfg.data, _convert_="all")
+        instantiate(tcfg.trainer, _convert_="all")
+
+
 def teacher_config(cfg: Any, dataset_dir: Path, teacher_choice: str) -> Any:
     overrides = [f"teacher={teacher_choice}", f"dataset_dir={dataset_dir}", f"output_root={cfg.output_root}",
                  f"trainer.progress={bool(cfg.trainer.progress)}".lower(), *cfg.teacher_training.overrides]
@@ -401,6 +417,7 @@ def run_distillation(cfg: Any, run_dir: str | Path, teacher_choice: str = "fusio
         return now
 
     t = t0
+    check_config(cfg, teacher_choice)
     dataset_dir = ensure_dataset(cfg)
     t = mark("dataset", t)
     teacher_ckpt, teacher_summary = ensure_teacher(cfg, dataset_dir, teacher_choice)
