@@ -82,7 +82,9 @@ def tiny_fusion_teacher(tmp_path_factory):
     )
 
     root = tmp_path_factory.mktemp("fake_teacher_data")
-    write_fake_manifest(root, runs=3, train_per_run=12, eval_per_run=4)
+    # 30 m apart: batches hold places beyond the 50 m non-negative radius, so triplets form (8 m apart, a batch of
+    # four places along 96 m had no negative: the teacher trained nothing)
+    write_fake_manifest(root, runs=3, train_per_run=12, eval_per_run=4, spacing_m=30.0)
     write_eval_pickles(root)
     cfg = compose_train_teacher(tiny_overrides("fusion") + [f"dataset_dir={root}", "trainer.epochs=1",
                                                              "trainer.eval_test=false"])
