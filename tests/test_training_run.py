@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake")
     # sample 1 (train) has no image, sample 5 (train) a short cloud: both dropped and counted
-    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6, absent_image=[1], short_cloud=[5])
+    # places 30 m apart: every batch holds places beyond the 50 m non-negative radius, so triplets form
+    write_fake_manifest(root, runs=3, train_per_run=20, eval_per_run=6, absent_image=[1], short_cloud=[5],
+                        spacing_m=30.0)
     write_eval_pickles(root)
     return root
 
