@@ -76,16 +76,38 @@ def is_user_error(exc: BaseException) -> bool:
 def user_errors(environ: Mapping[str, str] | None = None) -> Iterator[None]:
     """Around an entry point's work: a user error (:data:`USER_ERRORS`) is logged (so the run's log file records
     what ended it) and ends the process with one ``error: ...`` line on stderr and exit code 2, no traceback;
-    ``CROSSMODAL_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) lets it propagate with its traceback."""
+    ``CROSSMODAL_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) lets it propagate with its traceback. Any other
+    exception is logged with its traceback and propagates. SIGTERM acts as Ctrl-C in the block
+    (:func:`preprocessing.processes.sigterm_as_interrupt`: worker processes are stopped on the way out); either
+    ends the process with one ``interrupted ...`` line and exit code 130 (SIGINT) or 143 (SIGTERM)."""
+    from preprocessing.processes import interrupt_message, sigterm_as_interrupt
+
     env = os.environ if environ is None else environ
+    debug = env.get(DEBUG_ENV, "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR") == "1"
+    log = logging.getLogger("crossmodal")
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        message, code = interrupt_message(exc)
+        log.warning("run %s", message)
+        _flush_logs()
+        print(message, file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as exc:
-        if not is_user_error(exc) or env.get(DEBUG_ENV, "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR") == "1":
+        if not is_user_error(exc) or debug:
+            log.exception("run failed: %s", type(exc).__name__)
+            _flush_logs()
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        logging.getLogger("crossmodal").error("run failed: %s", message)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        log.error("run failed: %s", message)
+        _flush_logs()
         print(f"error: {message} (traceback: {DEBUG_ENV}=1)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()

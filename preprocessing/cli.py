@@ -19,23 +19,18 @@ log = logging.getLogger("preprocess")
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
     """Generate the synthetic RobotCar when configured, then preprocess; returns the process exit code."""
-    from preprocessing.pipeline import preprocess
+    from preprocessing.processes import interrupt_message, sigterm_as_interrupt
 
     logging.getLogger().setLevel(cfg.get("log_level", "INFO"))
     t0 = time.perf_counter()
     try:
-        if run_dir is not None:
-            record_run(run_dir, cfg)
-        sources = instantiate(cfg.source.paths)
-        if cfg.source.generate:
-            from preprocessing.synthetic import generate_synthetic_robotcar
-
-            gen_cfg = instantiate(cfg.synthetic.generator)
-            log.info("synthetic RobotCar (%s) in %s", cfg.synthetic.preset, sources.raw_root)
-            generate_synthetic_robotcar(sources.raw_root, gen_cfg, workers=cfg.workers, progress=cfg.progress)
-        report = preprocess(sources, cfg.output_dir, submaps=instantiate(cfg.submaps),
-                            pairing=instantiate(cfg.pairing), splits=instantiate(cfg.splits), workers=cfg.workers,
-                            drop_unpaired=cfg.drop_unpaired, progress=cfg.progress)
+        with sigterm_as_interrupt():  # SIGTERM stops the workers as Ctrl-C does
+            report = _generate_and_preprocess(cfg, run_dir)
+    except KeyboardInterrupt as exc:
+        message, code = interrupt_message(exc)
+        log.warning("%s", message)
+        print(message, file=sys.stderr)
+        return code
     except (InputError, OutputError) as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -46,6 +41,24 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
     print(f"splits: {report.splits}; evaluation: {report.eval_sets}")
     print(f"report: {report.outputs.get('report')}; manifest: {report.outputs.get('manifest')}")
     return 0
+
+
+def _generate_and_preprocess(cfg: DictConfig, run_dir: str | Path | None):
+    from preprocessing.pipeline import preprocess
+
+    if run_dir is not None:
+        record_run(run_dir, cfg)
+    sources = instantiate(cfg.source.paths)
+    if cfg.source.generate:
+        from preprocessing.synthetic import generate_synthetic_robotcar
+
+        gen_cfg = instantiate(cfg.synthetic.generator)
+        log.info("synthetic RobotCar (%s) in %s", cfg.synthetic.preset, sources.raw_root)
+        generate_synthetic_robotcar(sources.raw_root, gen_cfg, workers=cfg.workers, progress=cfg.progress)
+    report = preprocess(sources, cfg.output_dir, submaps=instantiate(cfg.submaps),
+                        pairing=instantiate(cfg.pairing), splits=instantiate(cfg.splits), workers=cfg.workers,
+                        drop_unpaired=cfg.drop_unpaired, progress=cfg.progress)
+    return report
 
 
 class CheckOutputWritable(Callback):

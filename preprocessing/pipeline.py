@@ -8,10 +8,10 @@ with the same command finishes the remaining work and gives the same files.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ from preprocessing.io import (
 )
 from preprocessing.manifest import MANIFEST_NAME, write_manifest
 from preprocessing.pairing import PairingConfig, PairResult, pair_submaps
+from preprocessing.processes import worker_pool
 from preprocessing.report import Report
 from preprocessing.robotcar import constants as C
 from preprocessing.robotcar.camera import CorruptImage, process_frame, read_camera_model
@@ -226,12 +227,6 @@ class Sources:
     models_dir: str | None = None  #: null: ``<raw_root>/models`` (only needed to undistort)
 
 
-def _executor(workers: int):
-    if workers <= 1:
-        return None
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def _map(executor, fn, arg_lists, desc: str, progress: bool, total: int | None = None):
     """Run ``fn(*args)`` for each args tuple, in the pool when there is one, yielding results as they finish."""
     bar = tqdm(total=total if total is not None else len(arg_lists), desc=desc, disable=not progress,
@@ -280,68 +275,67 @@ def preprocess(sources: Sources, output_dir: str | Path, submaps: SubmapConfig |
     bench = out / "benchmark_datasets"
     oxford = bench / "oxford"
     skips = SkipLog()
-    executor = _executor(workers)
     try:
-        # 1. submaps
-        t0 = time.perf_counter()
-        if sources.benchmark_root:
-            _link_benchmark(Path(sources.benchmark_root), oxford)
-            runs = sorted(p.name for p in oxford.iterdir() if p.is_dir() and C.RUN_NAME_RE.match(p.name))
-            report.runs = runs
-        else:
-            if raw_root is None:
-                raise InputError("no input: set `source.raw_root` (raw RobotCar runs) or `source.benchmark_root` "
-                                 "(an existing benchmark_datasets folder)")
-            runs = discover_runs(raw_root, report)
-            if not runs:
-                raise InputError(f"{raw_root}: no usable run folders (YYYY-MM-DD-HH-MM-SS with lms_front and "
-                                 f"stereo data); see the skipped folders: {report.runs_skipped}")
-            jobs = [(str(raw_root / r), str(oxford / r), submaps, ext_dir) for r in runs]
-            for run, counts, error, run_skips, reused in _map(executor, build_submaps_for_run, jobs, "submaps",
-                                                               progress):
-                skips.extend(run_skips)
-                if error is not None:
-                    report.runs_skipped[run] = error
-                    log.warning("run %s skipped: %s", run, error)
-                    continue
-                if reused:
-                    report.runs_reused.append(run)
-            report.runs_reused.sort()
-            runs = [r for r in runs if r not in report.runs_skipped]
-            report.runs = runs
-        report.timings_s["submaps"] = time.perf_counter() - t0
+        # the pool's workers stop at once on an error or an interrupt (preprocessing.processes)
+        with worker_pool(workers) if workers > 1 else contextlib.nullcontext() as executor:
+            # 1. submaps
+            t0 = time.perf_counter()
+            if sources.benchmark_root:
+                _link_benchmark(Path(sources.benchmark_root), oxford)
+                runs = sorted(p.name for p in oxford.iterdir() if p.is_dir() and C.RUN_NAME_RE.match(p.name))
+                report.runs = runs
+            else:
+                if raw_root is None:
+                    raise InputError("no input: set `source.raw_root` (raw RobotCar runs) or `source.benchmark_root` "
+                                     "(an existing benchmark_datasets folder)")
+                runs = discover_runs(raw_root, report)
+                if not runs:
+                    raise InputError(f"{raw_root}: no usable run folders (YYYY-MM-DD-HH-MM-SS with lms_front and "
+                                     f"stereo data); see the skipped folders: {report.runs_skipped}")
+                jobs = [(str(raw_root / r), str(oxford / r), submaps, ext_dir) for r in runs]
+                for run, counts, error, run_skips, reused in _map(executor, build_submaps_for_run, jobs, "submaps",
+                                                                   progress):
+                    skips.extend(run_skips)
+                    if error is not None:
+                        report.runs_skipped[run] = error
+                        log.warning("run %s skipped: %s", run, error)
+                        continue
+                    if reused:
+                        report.runs_reused.append(run)
+                report.runs_reused.sort()
+                runs = [r for r in runs if r not in report.runs_skipped]
+                report.runs = runs
+            report.timings_s["submaps"] = time.perf_counter() - t0
 
-        train_loc = _locations(oxford, runs, C.TRAIN_LOCATIONS_CSV)
-        eval_loc = _locations(oxford, runs, C.EVAL_LOCATIONS_CSV)
-        for run in runs:
-            report.submaps[run] = {"train": int((train_loc["run"] == run).sum()),
-                                   "eval": int((eval_loc["run"] == run).sum())}
+            train_loc = _locations(oxford, runs, C.TRAIN_LOCATIONS_CSV)
+            eval_loc = _locations(oxford, runs, C.EVAL_LOCATIONS_CSV)
+            for run in runs:
+                report.submaps[run] = {"train": int((train_loc["run"] == run).sum()),
+                                       "eval": int((eval_loc["run"] == run).sum())}
 
-        # 2. images
-        t0 = time.perf_counter()
-        image_root = Path(sources.image_root) if sources.image_root else out / "images"
-        all_submaps = list(dict.fromkeys(
-            list(zip(train_loc["run"], train_loc["timestamp"].astype(int)))
-            + list(zip(eval_loc["run"], eval_loc["timestamp"].astype(int)))))
-        if sources.image_root and (image_root / LIDAR2IMAGE).is_file():
-            pairs = _pairs_from_index(load_pickle(image_root / LIDAR2IMAGE), all_submaps, image_root)
-        else:
-            if raw_root is None:
-                raise InputError("image pairing needs the raw camera frames: set `source.raw_root`, or point "
-                                 "`source.image_root` at a folder holding lidar2image_ndx.pickle")
-            pairs = _pair_and_convert(raw_root, runs, all_submaps, image_root, max(1, workers), pairing, sources,
-                                      executor, skips, report, progress)
-        report.pairs = sum(bool(pairs.get((r, int(t))) and pairs[(r, int(t))].image_ts)
-                           for loc in (train_loc, eval_loc) for r, t in zip(loc["run"], loc["timestamp"]))
-        report.timings_s["images"] = time.perf_counter() - t0
+            # 2. images
+            t0 = time.perf_counter()
+            image_root = Path(sources.image_root) if sources.image_root else out / "images"
+            all_submaps = list(dict.fromkeys(
+                list(zip(train_loc["run"], train_loc["timestamp"].astype(int)))
+                + list(zip(eval_loc["run"], eval_loc["timestamp"].astype(int)))))
+            if sources.image_root and (image_root / LIDAR2IMAGE).is_file():
+                pairs = _pairs_from_index(load_pickle(image_root / LIDAR2IMAGE), all_submaps, image_root)
+            else:
+                if raw_root is None:
+                    raise InputError("image pairing needs the raw camera frames: set `source.raw_root`, or point "
+                                     "`source.image_root` at a folder holding lidar2image_ndx.pickle")
+                pairs = _pair_and_convert(raw_root, runs, all_submaps, image_root, max(1, workers), pairing, sources,
+                                          executor, skips, report, progress)
+            report.pairs = sum(bool(pairs.get((r, int(t))) and pairs[(r, int(t))].image_ts)
+                               for loc in (train_loc, eval_loc) for r, t in zip(loc["run"], loc["timestamp"]))
+            report.timings_s["images"] = time.perf_counter() - t0
 
-        # 3. splits, pickles, manifest
-        t0 = time.perf_counter()
-        _write_splits(bench, image_root, out, train_loc, eval_loc, pairs, splits, drop_unpaired, report)
-        report.timings_s["splits"] = time.perf_counter() - t0
+            # 3. splits, pickles, manifest
+            t0 = time.perf_counter()
+            _write_splits(bench, image_root, out, train_loc, eval_loc, pairs, splits, drop_unpaired, report)
+            report.timings_s["splits"] = time.perf_counter() - t0
     finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
         report.skips = skips.items
     md, js = report.write(out)
     report.outputs.update({"report": str(md), "report_json": str(js)})

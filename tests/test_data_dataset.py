@@ -210,3 +210,52 @@ def test_place_fraction_subsamples_the_training_rows_only(clean):
     for i in range(len(sub)):  # the tuples index the subsampled rows only
         assert all(0 <= j < len(sub) for j in sub.tuples.positives(i))
     assert len(dm.dataset("val", augment=False)) == len(PairedPlaceDataset(clean.root, "val"))
+
+
+def _image_file(fake, sample_id: int):
+    return fake.image_root / fake.table.set_index("sample_id").loc[sample_id, "image"]
+
+
+def test_truncated_image_is_dropped_named_and_counted(tmp_path, caplog):
+    from crossmodal.data.dataset import image_looks_complete
+
+    fake = write_fake_manifest(tmp_path)
+    path = _image_file(fake, 6)
+    assert image_looks_complete(path)
+    path.write_bytes(path.read_bytes()[:100])  # as a disk-full copy or an interrupted transfer leaves it
+    assert not image_looks_complete(path)
+    with caplog.at_level(logging.WARNING, logger="crossmodal.data.dataset"):
+        ds = PairedPlaceDataset(fake.root, "train")
+    assert ds.skipped == {"image_corrupt": 1} and 6 not in set(ds.sample_ids.tolist())
+    assert "image_corrupt" in caplog.text and str(path) in caplog.text
+    clouds_only = PairedPlaceDataset(fake.root, "train", modalities=("cloud",))
+    assert clouds_only.skipped == {} and 6 in set(clouds_only.sample_ids.tolist())  # never opens an image
+
+
+def test_image_that_fails_to_decode_raises_naming_the_file(tmp_path):
+    from crossmodal.data import CorruptImageError
+    from crossmodal.data.dataset import PNG_END, PNG_SIGNATURE, image_looks_complete
+
+    fake = write_fake_manifest(tmp_path)
+    path = _image_file(fake, 7)
+    path.write_bytes(PNG_SIGNATURE + b"\x00" * 64 + PNG_END)  # complete-looking, undecodable
+    assert image_looks_complete(path)
+    ds = PairedPlaceDataset(fake.root, "train")
+    assert ds.skipped == {}
+    i = int(np.flatnonzero(ds.sample_ids == 7)[0])
+    with pytest.raises(CorruptImageError, match=rf"{path.name}: cannot decode the image .*re-run preprocessing"):
+        ds[i]
+
+
+def test_image_check_tiny_cases(tmp_path):
+    from crossmodal.data.dataset import PNG_END, PNG_SIGNATURE, image_looks_complete
+
+    cases = {"ok.png": PNG_SIGNATURE + PNG_END, "empty.png": b"", "nosig.png": b"x" * 8 + PNG_END,
+             "noend.png": PNG_SIGNATURE + b"\x00" * 20, "short.png": PNG_SIGNATURE[:4],
+             "photo.jpg": b"\xff\xd8\xff", "empty.jpg": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    got = {name: image_looks_complete(tmp_path / name) for name in cases}
+    assert got == {"ok.png": True, "empty.png": False, "nosig.png": False, "noend.png": False, "short.png": False,
+                   "photo.jpg": True, "empty.jpg": False}
+    assert not image_looks_complete(tmp_path / "absent.png")

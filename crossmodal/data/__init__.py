@@ -22,7 +22,7 @@ from .augment import (
 )
 from .collate import PlaceCollate
 from .datamodule import PlaceDataModule
-from .dataset import CorruptCloudError, PairedPlaceDataset, PlaceTuples, item_generators
+from .dataset import CorruptCloudError, CorruptImageError, PairedPlaceDataset, PlaceTuples, item_generators
 from .sampler import PositivePairBatchSampler
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "ColorJitter",
     "Compose",
     "CorruptCloudError",
+    "CorruptImageError",
     "JitterPoints",
     "PairedPlaceDataset",
     "PlaceCollate",

@@ -7,6 +7,9 @@ indices (:class:`PlaceTuples`), which the batch sampler and the collate function
 Bad data (checked at construction, dropped with one logged warning per reason and counted in ``skipped``):
 - ``image_unpaired`` / ``image_missing``: the manifest has no image for the row / the file is absent (only when
   images are required);
+- ``image_corrupt``: a PNG whose signature or closing ``IEND`` chunk is missing (a truncated or foreign file; two
+  small reads per file, the image is not decoded). An image that passes this check and still fails to decode
+  raises :class:`CorruptImageError` naming the file when it is loaded;
 - ``cloud_missing`` / ``cloud_size``: the cloud file is absent or not 4096×3 float64 (only when clouds are
   required; a ``stat``, the file is not opened);
 - ``cloud_nonfinite``: NaN / inf coordinates; found at construction only with ``validate_clouds=True`` (reads every
@@ -45,6 +48,33 @@ TRAIN_SET, EVAL_SET = "20m_10overlap", "20m"
 
 class CorruptCloudError(ValueError):
     """A LiDAR submap file that cannot be used (wrong size, non-finite coordinates)."""
+
+
+class CorruptImageError(ValueError):
+    """A camera image file that cannot be decoded."""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
+
+
+def image_looks_complete(path: str | Path) -> bool:
+    """``False`` for a PNG without its signature or its closing ``IEND`` chunk (truncated, or not a PNG); other
+    formats are taken as they are (decoding them is the only full check)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(PNG_SIGNATURE))
+            if str(path).lower().endswith(".png") or head == PNG_SIGNATURE:
+                if head != PNG_SIGNATURE:
+                    return False
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() < len(PNG_SIGNATURE) + len(PNG_END):
+                    return False
+                fh.seek(-len(PNG_END), os.SEEK_END)
+                return fh.read() == PNG_END
+            return bool(head)
+    except OSError:
+        return False
 
 
 class PlaceTuples:
@@ -168,6 +198,8 @@ class PairedPlaceDataset(Dataset):
             paths = [None if n else self._image_path(v) for n, v in zip(null, images)]
             absent = np.array([p is not None and not os.path.isfile(p) for p in paths], bool)
             drop(absent, "image_missing", paths)
+            complete = np.array([p is None or not k or image_looks_complete(p) for k, p in zip(keep, paths)], bool)
+            drop(~complete, "image_corrupt", paths)
         if "cloud" in require:
             paths = [self.benchmark_root / c for c in rows["cloud"]]
             sizes = np.array([_file_size(p) for p in paths], np.int64)
@@ -242,8 +274,15 @@ class PairedPlaceDataset(Dataset):
         path = self.image_paths[i]
         if path is None:
             raise FileNotFoundError(f"sample {self.sample_ids[i]} has no paired image")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL raises all three for damaged files
+            raise CorruptImageError(f"{path}: cannot decode the image ({exc}); re-run preprocessing for its run "
+                                    f"(python scripts/preprocess_oxford.py ...) or delete the file, which drops "
+                                    f"its sample") from exc
 
     def load_cloud(self, i: int) -> torch.Tensor:
         """The submap as a ``[4096, 3]`` float32 tensor; :class:`CorruptCloudError` naming the file if unusable."""

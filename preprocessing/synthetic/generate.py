@@ -374,15 +374,16 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
     import multiprocessing as mp
     import queue as _queue
 
+    from preprocessing.processes import worker_pool
+
     # spawn, never fork: a forked child of a process whose libraries already started threads (OpenCV, open3d,
-    # torch...) can deadlock; the bench script importing cv2 first hung that way.
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                initargs=(q,)) as pool:
-        futs = [pool.submit(_worker_run, str(root), config.to_dict(), i, nthreads, town) for i in todo]
-        pending = set(futs)
-        try:
+    # torch...) can deadlock; the bench script importing cv2 first hung that way. An error or an interrupt stops
+    # every worker at once (preprocessing.processes.worker_pool).
+    q = mp.get_context("spawn").Queue()
+    try:
+        with worker_pool(n_workers, initializer=_worker_init, initargs=(q,)) as pool:
+            futs = [pool.submit(_worker_run, str(root), config.to_dict(), i, nthreads, town) for i in todo]
+            pending = set(futs)
             while pending:
                 done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
                 while True:
@@ -394,14 +395,11 @@ def _run_pool(root, config, todo, n_workers, nthreads, town, bar) -> None:
                         bar.update(n)
                 for f in done:
                     f.result()  # re-raise a worker's exception
-        except cf.process.BrokenProcessPool as exc:
-            raise RuntimeError(
-                "a synthetic-RobotCar worker process died (killed, out of memory, or a calling script without an "
-                "`if __name__ == '__main__':` guard, which 'spawn' workers need); re-run to resume (finished runs are "
-                "kept) or pass workers=1") from exc
-        except BaseException:  # a worker failed or the user interrupted: stop the others now
-            for f in futs:
-                f.cancel()
-            for proc in list(getattr(pool, "_processes", {}).values()):  # no public API to stop running tasks
-                proc.terminate()
-            raise
+    except cf.process.BrokenProcessPool as exc:
+        raise RuntimeError(
+            "a synthetic-RobotCar worker process died (killed, out of memory, or a calling script without an "
+            "`if __name__ == '__main__':` guard, which 'spawn' workers need); re-run to resume (finished runs are "
+            "kept) or pass workers=1") from exc
+    finally:
+        q.close()
+        q.cancel_join_thread()  # never block on progress messages nobody reads any more

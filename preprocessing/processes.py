@@ -1,0 +1,94 @@
+"""Child processes that end with their parent: a worker pool that an interrupt stops at once, and SIGTERM handled
+like Ctrl-C.
+
+:func:`worker_pool` is a ``spawn`` :class:`~concurrent.futures.ProcessPoolExecutor` whose workers ignore SIGINT
+(a Ctrl-C reaches the whole process group: the parent decides, so that no worker dies holding a queue lock, which
+once hung a job on shutdown) and whose parent, when the ``with`` block ends on an exception or an interrupt,
+cancels the queued jobs and terminates, joins and if need be kills the workers instead of waiting for them.
+
+:func:`sigterm_as_interrupt` makes SIGTERM raise :class:`Terminated` (a :class:`KeyboardInterrupt`) in the main
+thread, so that a ``kill`` or a scheduler's stop runs the same clean-up as Ctrl-C: ``finally`` blocks, pools,
+DataLoader workers (Python's default SIGTERM action ends the process at once and leaves them orphaned).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+#: Seconds a terminated worker gets to exit before it is killed.
+JOIN_TIMEOUT_S = 5.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received (see :func:`sigterm_as_interrupt`); ``signum`` is the signal's number."""
+
+    signum = signal.SIGTERM
+
+
+def interrupt_message(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """``(line, exit code)`` for an interrupt: the signal's name and the shell's code for it (130 / 143)."""
+    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    return (f"interrupted by {signal.Signals(signum).name}; finished work is kept, re-run the same command to "
+            f"resume"), 128 + int(signum)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (restored after). Outside the main
+    thread it does nothing (Python allows signal handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _worker_start(initializer: Callable | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def stop_workers(pool: cf.ProcessPoolExecutor, join_timeout_s: float = JOIN_TIMEOUT_S) -> None:
+    """Cancel ``pool``'s queued jobs and end its worker processes now (SIGTERM, then SIGKILL after
+    ``join_timeout_s``), without waiting for running jobs."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API stops running jobs
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(join_timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(join_timeout_s)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()
+                ) -> Iterator[cf.ProcessPoolExecutor]:
+    """A ``spawn`` process pool of ``workers`` processes for the ``with`` block (see the module doc): a normal
+    exit waits for the jobs; an exception or an interrupt stops every worker before it propagates."""
+    import multiprocessing
+
+    pool = cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_worker_start, initargs=(initializer, tuple(initargs)))
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
