@@ -73,13 +73,16 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def user_errors(environ: Mapping[str, str] | None = None) -> Iterator[None]:
+def user_errors(environ: Mapping[str, str] | None = None, run_dir: str | os.PathLike | None = None
+                ) -> Iterator[None]:
     """Around an entry point's work: a user error (:data:`USER_ERRORS`) is logged (so the run's log file records
     what ended it) and ends the process with one ``error: ...`` line on stderr and exit code 2, no traceback;
     ``CROSSMODAL_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) lets it propagate with its traceback. Any other
     exception is logged with its traceback and propagates. SIGTERM acts as Ctrl-C in the block
     (:func:`preprocessing.processes.sigterm_as_interrupt`: worker processes are stopped on the way out); either
-    ends the process with one ``interrupted ...`` line and exit code 130 (SIGINT) or 143 (SIGTERM)."""
+    ends the process with one ``interrupted ...`` line and exit code 130 (SIGINT) or 143 (SIGTERM). With
+    ``run_dir`` (the run's folder; written by torchrun rank 0 only), whatever ended the run is also recorded in
+    its ``summary.json`` (``finished: false``, ``error``, ``reason``: user_error / interrupted / crash)."""
     from preprocessing.processes import interrupt_message, sigterm_as_interrupt
 
     env = os.environ if environ is None else environ
@@ -93,19 +96,45 @@ def user_errors(environ: Mapping[str, str] | None = None) -> Iterator[None]:
             raise
         message, code = interrupt_message(exc)
         log.warning("run %s", message)
+        _record_failure(run_dir, "interrupted", message, environ)
         _flush_logs()
         print(message, file=sys.stderr)
         raise SystemExit(code) from None
     except Exception as exc:
         if not is_user_error(exc) or debug:
             log.exception("run failed: %s", type(exc).__name__)
+            _record_failure(run_dir, "user_error" if is_user_error(exc) else "crash",
+                            f"{type(exc).__name__}: {exc}", environ)
             _flush_logs()
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         log.error("run failed: %s", message)
+        _record_failure(run_dir, "user_error", message, environ)
         _flush_logs()
         print(f"error: {message} (traceback: {DEBUG_ENV}=1)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _record_failure(run_dir: str | os.PathLike | None, reason: str, message: str,
+                    environ: Mapping[str, str] | None) -> None:
+    """``<run_dir>/summary.json`` saying why the run ended (never over a finished run's summary)."""
+    if run_dir is None or torchrun_rank(environ)[0] != 0:
+        return
+    import json
+    from pathlib import Path
+
+    from preprocessing.io import atomic_write_json
+
+    path = Path(run_dir) / "summary.json"
+    try:
+        if path.is_file() and json.loads(path.read_text()).get("finished"):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        atomic_write_json(path, {"finished": False, "reason": reason, "error": message})
+    except OSError as exc:  # an unwritable run folder must not hide the error that ended the run
+        logging.getLogger("crossmodal").warning("could not record the failure in %s: %s", path, exc)
 
 
 def _flush_logs() -> None:

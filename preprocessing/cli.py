@@ -62,15 +62,25 @@ def _generate_and_preprocess(cfg: DictConfig, run_dir: str | Path | None):
 
 
 class CheckOutputWritable(Callback):
-    """Hydra callback: before Hydra creates the run directory, make sure it can; otherwise stop with a clear
-    message (Hydra itself would fail with a bare traceback)."""
+    """Hydra callback: before Hydra creates the run directory (the sweep directory for ``-m``), make sure it can;
+    otherwise stop with one line naming the folder and exit code 2 (Hydra itself would fail with a bare
+    traceback). Used by every entry point's config (``hydra.callbacks.check_output``)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from preprocessing.io import output_error
+        from hydra.core.hydra_config import HydraConfig
 
-        run_dir = Path(str(config.hydra.run.dir))
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"error: {output_error(run_dir, exc)}", file=sys.stderr)
-            sys.exit(2)
+        HydraConfig.instance().set_config(config)  # run.dir may read ${hydra:runtime.choices...}; Hydra sets it next
+        _check_creatable(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _check_creatable(Path(str(config.hydra.sweep.dir)))
+
+
+def _check_creatable(folder: Path) -> None:
+    from preprocessing.io import output_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: {output_error(folder, exc)}", file=sys.stderr)
+        sys.exit(2)

@@ -19,7 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 def main(cfg) -> None:
     from crossmodal.launch import user_errors
 
-    with user_errors():  # one `error:` line and exit code 2 for user errors (CROSSMODAL_DEBUG=1: traceback)
+    # user errors: one `error:` line, exit code 2 (CROSSMODAL_DEBUG=1: traceback); SIGTERM acts as Ctrl-C; the
+    # run's log and summary.json record what ended it
+    with user_errors(run_dir=HydraConfig.get().runtime.output_dir):
         _main(cfg)
 
 

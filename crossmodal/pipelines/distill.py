@@ -35,12 +35,14 @@ preprocesses, decides what to reuse, writes files and evaluates, the others wait
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,25 @@ def _stage_state(run_dir: Path) -> tuple[str, dict[str, Any] | None]:
     return distributed.broadcast_object(state)
 
 
+CHECKPOINTS = ("last.pt", "best.pt")
+
+
+@contextlib.contextmanager
+def _stage_folder(folder: Path, cfg: Any) -> Iterator[None]:
+    """Record ``cfg`` in the hash-keyed ``folder`` for the stage run in the block; when the stage fails or is
+    interrupted before its first checkpoint, remove the folder it created (nothing in it to resume), so that
+    failed runs leave no folders holding only ``config.yaml`` and ``command.txt``."""
+    existed = folder.exists()
+    _record(folder, cfg)
+    try:
+        yield
+    except BaseException:
+        if distributed.is_main() and not existed and not any((folder / n).exists() for n in CHECKPOINTS):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s: the stage ended before its first checkpoint", folder)
+        raise
+
+
 def _record(run_dir: Path, cfg: Any) -> None:
     if distributed.is_main():
         record_run(run_dir, cfg)
@@ -227,8 +248,8 @@ def ensure_teacher(cfg: Any, dataset_dir: Path, teacher_choice: str) -> tuple[Pa
         else:
             log.info("stage 2/6 teacher: training %s in %s", teacher_choice, run_dir)
         OmegaConf.resolve(tcfg)
-        _record(run_dir, tcfg)
-        summary = train_teacher(tcfg, run_dir, name=teacher_choice)
+        with _stage_folder(run_dir, tcfg):
+            summary = train_teacher(tcfg, run_dir, name=teacher_choice)
     if not summary.get("finished"):
         raise RuntimeError(f"teacher training in {run_dir} stopped before its last epoch; re-run to resume it")
     return run_dir / "best.pt", summary
@@ -269,7 +290,6 @@ def _outside(cfg: Any, keys: Sequence[str]) -> tuple[str, ...]:
 def _link_results(src: Path, dst: Path) -> None:
     """``src``'s checkpoints, CSV and summary into ``dst`` (hard links, copies across file systems)."""
     import os
-    import shutil
 
     for name in ("best.pt", "last.pt", "metrics.csv", "summary.json"):
         if not (src / name).is_file():
@@ -307,9 +327,9 @@ def ensure_student(cfg: Any, student_choice: str, cache, run_dir: Path) -> tuple
                          cfg.distill.name, train_dir)
             else:
                 log.info("stage 4/6 student (distill=%s): training in %s", cfg.distill.name, train_dir)
-            _record(train_dir, scfg)
-            summary = train_student(scfg, train_dir, cache, name=f"{student_choice} ({cfg.distill.name})",
-                                    resume_ignored=_outside(cfg, STUDENT_KEYS))
+            with _stage_folder(train_dir, scfg):
+                summary = train_student(scfg, train_dir, cache, name=f"{student_choice} ({cfg.distill.name})",
+                                        resume_ignored=_outside(cfg, STUDENT_KEYS))
     if distributed.is_main():
         _link_results(train_dir, run_dir / "student")
     distributed.barrier()
@@ -339,9 +359,9 @@ def ensure_student_alone(cfg: Any, student_choice: str) -> tuple[Path, dict[str,
             log.info("stage 5/6 student alone: resuming %s", run_dir)
         else:
             log.info("stage 5/6 student alone: training in %s", run_dir)
-        _record(run_dir, acfg)
-        summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone",
-                                resume_ignored=_outside(acfg, STUDENT_KEYS))
+        with _stage_folder(run_dir, acfg):
+            summary = train_student(acfg, run_dir, None, name=f"{student_choice} alone",
+                                    resume_ignored=_outside(acfg, STUDENT_KEYS))
     return run_dir / "best.pt", summary
 
 
