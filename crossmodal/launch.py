@@ -64,7 +64,7 @@ def prepare_argv(argv: list[str]) -> None:
 #: missing or damaged files, unwritable outputs. Entry points end on them with one ``error:`` line and exit code 2.
 USER_ERRORS = ("ValueError", "FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",
                "InputError", "OutputError", "NoTripletsError", "ConfigKeyError", "ValidationError",
-               "InterpolationResolutionError", "InstantiationException")
+               "InterpolationResolutionError", "InstantiationException", "EmptyDatabaseError")
 DEBUG_ENV = "CROSSMODAL_DEBUG"
 
 

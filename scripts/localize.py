@@ -105,6 +105,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (one usage line and exit code 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,10 +127,10 @@ def main(argv=None) -> int:
             p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
             p.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"])
             p.add_argument("--device", default="cpu")
-            p.add_argument("--batch-size", type=int, default=32)
+            p.add_argument("--batch-size", type=positive_int, default=32)
             p.add_argument("--resize", action="store_true", help="resize images of another size (else refused)")
             p.add_argument("--quiet", action="store_true")
-        p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+        p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
 
     b = sub.add_parser("build", help="embed database images and save the database")
     model_args(b)
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
     model_args(q)
     q.add_argument("--database", type=Path, required=True)
     q.add_argument("--queries", type=Path, required=True, help="a query image or a folder of them")
-    q.add_argument("--k", type=int, default=3)
+    q.add_argument("--k", type=positive_int, default=3, help="matches per query (at least 1)")
     q.add_argument("--out", type=Path, help="write the matches as CSV here")
     q.set_defaults(fn=cmd_query)
 
@@ -148,19 +159,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export" and not args.checkpoint:
         parser.error("export needs --checkpoint")
-    from crossmodal.deploy import (
-        DatabaseMismatchError,
-        EmptyDatabaseError,
-        ImageInputError,
-        NotAStudentError,
-    )
+    from crossmodal.launch import user_errors
 
-    try:
-        return args.fn(args)
-    except (NotAStudentError, DatabaseMismatchError, EmptyDatabaseError, ImageInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+    try:  # user errors (a teacher or a damaged checkpoint, a bad database or image...): one `error:` line, code 2
+        with user_errors():
+            return args.fn(args)
+    except SystemExit as exc:
+        return exc.code
 
 if __name__ == "__main__":
     sys.exit(main())

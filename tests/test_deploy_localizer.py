@@ -162,3 +162,21 @@ def test_localize_script(env, tmp_path, capsys):
     assert script.main(["query", "--checkpoint", str(teacher), "--database", str(db), "--queries",
                         str(queries)]) == 2
     assert "a teacher checkpoint" in capsys.readouterr().err
+
+
+def test_localize_user_errors_are_one_line(tmp_path, capsys):
+    script = _localize()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for command in (["query", "--database", str(tmp_path / "db.npz"), "--queries", str(queries)],
+                    ["export", "--out", str(tmp_path / "out")]):
+        assert script.main([*command, "--checkpoint", str(junk)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: {junk}: cannot read a checkpoint") and "best.pt" in err[-1]
+        assert not any("Traceback" in line for line in err)
+    with pytest.raises(SystemExit) as info:  # argparse: one usage line, exit code 2, before anything loads
+        script.main(["query", "--checkpoint", str(junk), "--database", "db.npz", "--queries", str(queries),
+                     "--k", "0"])
+    assert info.value.code == 2 and "argument --k: must be at least 1, got 0" in capsys.readouterr().err

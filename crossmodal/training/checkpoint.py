@@ -94,7 +94,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file: any unpickling error
-        raise CheckpointMismatchError(f"{path}: cannot read a checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointMismatchError(f"{path}: cannot read a checkpoint ({type(exc).__name__}: {exc}); it is "
+                                      f"damaged or not a crossmodal checkpoint: pass the best.pt (or last.pt) a "
+                                      f"training run wrote") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise CheckpointMismatchError(f"{path}: not a crossmodal checkpoint (format "
                                       f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
