@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
+from typing import NoReturn
 
 #: Overrides for ranks > 0: the run folder is the current directory (created by nobody), no ``.hydra/`` copy, and
 #: Hydra's console-only job logging.
@@ -83,7 +84,7 @@ def user_errors(environ: Mapping[str, str] | None = None, run_dir: str | os.Path
     ends the process with one ``interrupted ...`` line and exit code 130 (SIGINT) or 143 (SIGTERM). With
     ``run_dir`` (the run's folder; written by torchrun rank 0 only), whatever ended the run is also recorded in
     its ``summary.json`` (``finished: false``, ``error``, ``reason``: user_error / interrupted / crash)."""
-    from preprocessing.processes import interrupt_message, sigterm_as_interrupt
+    from preprocessing.processes import Terminated, sigterm_as_interrupt, terminated
 
     env = os.environ if environ is None else environ
     debug = env.get(DEBUG_ENV, "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR") == "1"
@@ -91,16 +92,9 @@ def user_errors(environ: Mapping[str, str] | None = None, run_dir: str | os.Path
     try:
         with sigterm_as_interrupt():
             yield
-    except KeyboardInterrupt as exc:
-        if debug:
-            raise
-        message, code = interrupt_message(exc)
-        log.warning("run %s", message)
-        _record_failure(run_dir, "interrupted", message, environ)
-        _flush_logs()
-        print(message, file=sys.stderr)
-        raise SystemExit(code) from None
     except Exception as exc:
+        if terminated() and not debug:  # a worker killed by the same SIGTERM (pkill -f) failed first: a stop
+            _stopped(Terminated(), f" ({type(exc).__name__}: {exc})", run_dir, environ)
         if not is_user_error(exc) or debug:
             log.exception("run failed: %s", type(exc).__name__)
             _record_failure(run_dir, "user_error" if is_user_error(exc) else "crash",
@@ -113,6 +107,22 @@ def user_errors(environ: Mapping[str, str] | None = None, run_dir: str | os.Path
         _flush_logs()
         print(f"error: {message} (traceback: {DEBUG_ENV}=1)", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        _stopped(exc, "", run_dir, environ)
+
+
+def _stopped(exc: KeyboardInterrupt, detail: str, run_dir, environ) -> NoReturn:
+    """End an interrupted run: log and record it, one line on stderr, the shell's exit code."""
+    from preprocessing.processes import interrupt_message
+
+    message, code = interrupt_message(exc)
+    logging.getLogger("crossmodal").warning("run %s%s", message, detail)
+    _record_failure(run_dir, "interrupted", message, environ)
+    _flush_logs()
+    print(message, file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def _record_failure(run_dir: str | os.PathLike | None, reason: str, message: str,

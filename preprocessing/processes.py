@@ -36,7 +36,17 @@ def interrupt_message(exc: KeyboardInterrupt) -> tuple[str, int]:
             f"resume"), 128 + int(signum)
 
 
+_RECEIVED: list[int] = []  # SIGTERMs received under sigterm_as_interrupt (the current block)
+
+
+def terminated() -> bool:
+    """Whether SIGTERM arrived in the current :func:`sigterm_as_interrupt` block. ``kill`` or ``pkill -f`` can hit
+    the worker processes too, and a worker's death may surface first as another error: it is still a stop."""
+    return bool(_RECEIVED)
+
+
 def _raise_terminated(signum, frame) -> None:
+    _RECEIVED.append(int(signum))
     raise Terminated(f"received signal {signal.Signals(signum).name}")
 
 
@@ -47,6 +57,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield

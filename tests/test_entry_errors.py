@@ -41,6 +41,26 @@ def test_interrupts_end_with_one_line_and_the_shell_code(capsys):
                                                    f"command to resume")
 
 
+def test_a_worker_error_after_sigterm_is_still_a_stop(capsys):
+    import os
+    import signal
+    import time
+
+    from preprocessing.processes import Terminated
+
+    with pytest.raises(SystemExit) as info, user_errors({}):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Terminated:
+            pass  # as a library's clean-up may swallow it; a killed DataLoader worker then surfaces first
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+    assert info.value.code == 143 and capsys.readouterr().err.startswith("interrupted by SIGTERM")
+    with pytest.raises(RuntimeError), user_errors({}):  # a new block starts with no SIGTERM recorded
+        raise RuntimeError("a real crash")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is restored after the block
+
+
 def test_the_run_summary_records_what_ended_the_run(tmp_path, capsys):
     cases = [(ValueError("bad value"), "user_error", "bad value"), (ZeroDivisionError("boom"), "crash",
              "ZeroDivisionError: boom"), (KeyboardInterrupt(), "interrupted", "interrupted by SIGINT")]
