@@ -72,6 +72,24 @@ def _worker_start(initializer: Callable | None, initargs: tuple) -> None:
         initializer(*initargs)
 
 
+def _nothing() -> None:
+    return None
+
+
+def _start_workers(pool: cf.ProcessPoolExecutor, workers: int) -> None:
+    """Start all ``workers`` now with SIGINT ignored in this process for the moment of their start: a started
+    process inherits the ignored disposition and Python keeps it, so a Ctrl-C that arrives while a worker is
+    still importing does not print its traceback (the initializer would come too late)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for _ in range(workers):  # each submit starts one process while none is idle
+            pool.submit(_nothing)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def stop_workers(pool: cf.ProcessPoolExecutor, join_timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """Cancel ``pool``'s queued jobs and end its worker processes now (SIGTERM, then SIGKILL after
     ``join_timeout_s``), without waiting for running jobs."""
@@ -97,6 +115,7 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
     pool = cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_worker_start, initargs=(initializer, tuple(initargs)))
     try:
+        _start_workers(pool, int(workers))
         yield pool
     except BaseException:
         stop_workers(pool)
