@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DISTILL = "distilvpr_w10"  # configs/distill.yaml's default objective
 
 #: Two runs along a 170 m street that crosses the southern edge of the P3 test square (northing 5735087.4), so
 #: both training and test submaps exist; small frames keep it to a few seconds.
@@ -121,7 +122,7 @@ def quick_e2e(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     proc = run_distill("preset=quick", "trainer.progress=false", f"data_dir={work / 'data'}",
                        f"output_root={work / 'runs'}", cwd=work)
-    (run_dir,) = list((work / "runs" / "distill" / "distilvpr").iterdir())
+    (run_dir,) = list((work / "runs" / "distill" / DEFAULT_DISTILL).iterdir())
     return work, run_dir, proc.stdout + proc.stderr
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_distill
+from conftest import DEFAULT_DISTILL, run_distill
 
 from crossmodal.training.testing import folders
 
@@ -27,7 +27,7 @@ def test_quick_preset_end_to_end(first_run):
                  "evaluation/report.json"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["distill"] == "distilvpr" and set(summary["models"]) == {"teacher", "student_distilled",
+    assert summary["distill"] == DEFAULT_DISTILL and set(summary["models"]) == {"teacher", "student_distilled",
                                                                               "student_alone"}
     for row in summary["rows"]:
         assert 0.0 <= row["test_r1"] <= 100.0 and 0.0 <= row["val_r1"] <= 100.0, row
@@ -38,10 +38,10 @@ def test_quick_preset_end_to_end(first_run):
     evaluation = json.loads((run_dir / "evaluation" / "report.json").read_text())
     assert evaluation  # the evaluation report's content is tested in tests/test_evaluation_*.py
     report = (run_dir / "report.md").read_text()
-    assert "distill=distilvpr" in report and "student image alone" in report
+    assert f"distill={DEFAULT_DISTILL}" in report and "student image alone" in report
     # the one-line verdict and the training-free baselines of both modalities on the same test sets
     rows = {r["model"]: r for r in summary["rows"]}
-    alone, distilled = rows["student image alone"]["test_r1"], rows["student image, distill=distilvpr"]["test_r1"]
+    alone, distilled = rows["student image alone"]["test_r1"], rows[f"student image, distill={DEFAULT_DISTILL}"]["test_r1"]
     assert f"**Verdict: distillation changed test R@1 by {distilled - alone:+.2f} (student alone {alone:.2f} → " \
            f"distilled {distilled:.2f})" in report
     assert summary["verdict"].startswith("distillation changed test R@1 by")
