@@ -37,14 +37,21 @@ def _group(pgid: int) -> list[int]:
     return pids
 
 
+def _sigint_live() -> None:
+    """In the child before it starts: Ctrl-C delivered, whatever the test runner inherited (a process started with
+    SIGINT ignored, as some launchers start background jobs, keeps ignoring it, and Python then does too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when_ready(args: list[str], cwd: Path, ready_text: str, how: str, children: int = 2,
                           timeout_s: float = 240.0) -> str:
     """Start ``python <args>``; once its output holds ``ready_text`` and at least ``children`` child processes
     live, send the signal ``how``; assert a prompt, clean end; returns the output."""
     out = cwd / f"output-{how}.txt"
     with open(out, "w") as fh:
-        proc = subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=cwd, env=script_env(), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=cwd, env=script_env(),
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_sigint_live)  # noqa: PLW1509 - no threads started in the child
     try:
         deadline = time.monotonic() + timeout_s
         while True:
