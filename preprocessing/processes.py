@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterator
 
 #: Seconds a terminated worker gets to exit before it is killed.
 JOIN_TIMEOUT_S = 5.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked while workers start (_start_workers)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM received (see :func:`sigterm_as_interrupt`); ``signum`` is the signal's number."""
-
-    signum = signal.SIGTERM
+    """SIGTERM received (see :func:`sigterm_as_interrupt`)."""
 
 
 def interrupt_message(exc: KeyboardInterrupt) -> tuple[str, int]:
@@ -68,6 +67,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def _worker_start(initializer: Callable | None, initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since the start (_start_workers)
     if initializer is not None:
         initializer(*initargs)
 
@@ -77,17 +77,16 @@ def _nothing() -> None:
 
 
 def _start_workers(pool: cf.ProcessPoolExecutor, workers: int) -> None:
-    """Start all ``workers`` now with SIGINT ignored in this process for the moment of their start: a started
-    process inherits the ignored disposition and Python keeps it, so a Ctrl-C that arrives while a worker is
-    still importing does not print its traceback (the initializer would come too late)."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    """Start all ``workers`` now with SIGINT and SIGTERM blocked in this thread while they start: a signal that
+    arrives meanwhile is delivered (not lost) once every worker is registered with the pool, so that stopping the
+    pool reaches them all; the started processes inherit the blocked mask, so a Ctrl-C while a worker is still
+    importing prints no traceback (its initializer then ignores SIGINT and unblocks both)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         for _ in range(workers):  # each submit starts one process while none is idle
             pool.submit(_nothing)
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop_workers(pool: cf.ProcessPoolExecutor, join_timeout_s: float = JOIN_TIMEOUT_S) -> None:
