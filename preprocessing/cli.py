@@ -55,10 +55,9 @@ def _generate_and_preprocess(cfg: DictConfig, run_dir: str | Path | None):
         gen_cfg = instantiate(cfg.synthetic.generator)
         log.info("synthetic RobotCar (%s) in %s", cfg.synthetic.preset, sources.raw_root)
         generate_synthetic_robotcar(sources.raw_root, gen_cfg, workers=cfg.workers, progress=cfg.progress)
-    report = preprocess(sources, cfg.output_dir, submaps=instantiate(cfg.submaps),
-                        pairing=instantiate(cfg.pairing), splits=instantiate(cfg.splits), workers=cfg.workers,
-                        drop_unpaired=cfg.drop_unpaired, progress=cfg.progress)
-    return report
+    return preprocess(sources, cfg.output_dir, submaps=instantiate(cfg.submaps), pairing=instantiate(cfg.pairing),
+                      splits=instantiate(cfg.splits), workers=cfg.workers, drop_unpaired=cfg.drop_unpaired,
+                      progress=cfg.progress)
 
 
 class CheckOutputWritable(Callback):
