@@ -115,8 +115,9 @@ def user_errors(environ: Mapping[str, str] | None = None, run_dir: str | os.Path
 
 def _stopped(exc: KeyboardInterrupt, detail: str, run_dir, environ) -> NoReturn:
     """End an interrupted run: log and record it, one line on stderr, the shell's exit code."""
-    from preprocessing.processes import interrupt_message
+    from preprocessing.processes import interrupt_message, quiet_teardown
 
+    quiet_teardown()
     message, code = interrupt_message(exc)
     logging.getLogger("crossmodal").warning("run %s%s", message, detail)
     _record_failure(run_dir, "interrupted", message, environ)

@@ -19,7 +19,7 @@ log = logging.getLogger("preprocess")
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
     """Generate the synthetic RobotCar when configured, then preprocess; returns the process exit code."""
-    from preprocessing.processes import interrupt_message, sigterm_as_interrupt
+    from preprocessing.processes import interrupt_message, quiet_teardown, sigterm_as_interrupt
 
     logging.getLogger().setLevel(cfg.get("log_level", "INFO"))
     t0 = time.perf_counter()
@@ -27,6 +27,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
         with sigterm_as_interrupt():  # SIGTERM stops the workers as Ctrl-C does
             report = _generate_and_preprocess(cfg, run_dir)
     except KeyboardInterrupt as exc:
+        quiet_teardown()
         message, code = interrupt_message(exc)
         log.warning("%s", message)
         print(message, file=sys.stderr)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -33,6 +35,19 @@ def interrupt_message(exc: KeyboardInterrupt) -> tuple[str, int]:
     signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
     return (f"interrupted by {signal.Signals(signum).name}; finished work is kept, re-run the same command to "
             f"resume"), 128 + int(signum)
+
+
+def quiet_teardown() -> None:
+    """After an interrupt: objects the signal left half-built (a DataLoader iterator, a multiprocessing finaliser
+    caught in ``__init__``) fail in their ``__del__`` when the interpreter collects them, and Python prints
+    "Exception ignored in ..." with a traceback after the one-line message. Those reports go to the debug log
+    instead (``sys.unraisablehook``); the process is ending anyway."""
+    log = logging.getLogger("crossmodal")
+
+    def hook(unraisable) -> None:
+        log.debug("ignored while stopping: %s in %r", unraisable.exc_type.__name__, unraisable.object)
+
+    sys.unraisablehook = hook
 
 
 _RECEIVED: list[int] = []  # SIGTERMs received under sigterm_as_interrupt (the current block)

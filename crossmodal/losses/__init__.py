@@ -12,6 +12,7 @@ from .manifolds import (
     Stereographic,
     make_manifold,
 )
+from .miners import MINERS, BatchHardMiner, TSCMMiner
 from .multi_teacher import MultiTeacherLoss
 from .reducers import REDUCERS, avg_non_zero
 from .relations import (
@@ -27,10 +28,12 @@ from .tscm import TSCMCrossMetric
 __all__ = [
     "CC",
     "MANIFOLDS",
+    "MINERS",
     "PKT",
     "REDUCERS",
     "SP",
     "AngleRelation",
+    "BatchHardMiner",
     "BatchHardTripletLoss",
     "CrossAgentLoss",
     "DarkRank",
@@ -47,6 +50,7 @@ __all__ = [
     "Spherical",
     "Stereographic",
     "TSCMCrossMetric",
+    "TSCMMiner",
     "TripletLossOutput",
     "WeightedSum",
     "avg_non_zero",

@@ -11,13 +11,16 @@ without a negative make no triplet.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .distances import Distance
+from .miners import BatchHardMiner, mine_batch_hard
 from .reducers import REDUCERS
+
+__all__ = ["BatchHardTripletLoss", "TripletLossOutput", "mine_batch_hard", "spread"]
 
 
 class TripletLossOutput(NamedTuple):
@@ -29,17 +32,6 @@ class TripletLossOutput(NamedTuple):
         out = {"loss": float(self.loss.detach())}
         out.update({k: float(v) for k, v in self.stats.items()})
         return out
-
-
-def mine_batch_hard(dist: Tensor, positives_mask: Tensor, negatives_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Anchor, hardest-positive and hardest-negative indices for the anchors having both (``dist`` [B, B])."""
-    pos = positives_mask.bool()
-    neg = negatives_mask.bool()
-    hp = dist.masked_fill(~pos, float("-inf")).argmax(dim=1)
-    hn = dist.masked_fill(~neg, float("inf")).argmin(dim=1)
-    keep = pos.any(dim=1) & neg.any(dim=1)
-    a = torch.nonzero(keep).squeeze(1)
-    return a, hp[a], hn[a]
 
 
 def spread(embeddings: Tensor) -> Tensor:
@@ -57,9 +49,12 @@ class BatchHardTripletLoss(nn.Module):
         swap: also use the positive–negative distance (MinkLoc3D).
         distance: ``euclidean`` (default, unnormalised as DistilVPR), ``squared_euclidean`` or ``cosine``.
         normalize: L2-normalise embeddings first.
-        reducer: ``avg_non_zero`` (default) or ``mean``.
+        reducer: ``avg_non_zero`` (default) or ``mean`` (TSCM: the sum over all triplets over their number).
+        miner: ``miner(dist, positives_mask, negatives_mask) -> (a, p, n)`` on the detached distances
+            (:mod:`crossmodal.losses.miners`); ``None``: batch hard. With :class:`~crossmodal.losses.TSCMMiner` an
+            anchor can make several triplets.
 
-    Stats: ``num_triplets`` (anchors used), ``num_non_zero_triplets``, ``non_zero_fraction`` (0 without
+    Stats: ``num_triplets`` (triplets mined; batch hard: the anchors used), ``num_non_zero_triplets``, ``non_zero_fraction`` (0 without
     triplets; MinkLoc3D grows the batch when it falls below a threshold), ``mean_pos_dist`` / ``mean_neg_dist``
     (hardest positive / hardest anchor–negative distances, before swap, over the anchors used),
     ``pos_neg_gap`` (their difference: ≤ 0 means the hardest negatives sit closer than the hardest positives),
@@ -68,12 +63,15 @@ class BatchHardTripletLoss(nn.Module):
     """
 
     def __init__(self, margin: float = 0.2, swap: bool = True, distance: str = "euclidean",
-                 normalize: bool = False, reducer: str = "avg_non_zero"):
+                 normalize: bool = False, reducer: str = "avg_non_zero", miner: Any = None):
         super().__init__()
         if reducer not in REDUCERS:
             raise ValueError(f"reducer must be one of {sorted(REDUCERS)}, got {reducer!r}")
         self.margin, self.swap, self.reducer = float(margin), bool(swap), reducer
         self.distance = Distance(distance, normalize)
+        if miner is not None and not callable(miner):
+            raise ValueError(f"miner must be callable (dist, positives_mask, negatives_mask), got {miner!r}")
+        self.miner = BatchHardMiner() if miner is None else miner
 
     def forward(self, embeddings: Tensor, positives_mask: Tensor, negatives_mask: Tensor) -> TripletLossOutput:
         if embeddings.dim() != 2:
@@ -89,7 +87,7 @@ class BatchHardTripletLoss(nn.Module):
         pos, neg = pos & ~eye, neg & ~eye
         x = self.distance.prepare(embeddings)
         with torch.no_grad():
-            a, p, n = mine_batch_hard(self.distance.pairwise(x.detach()), pos, neg)
+            a, p, n = self.miner(self.distance.pairwise(x.detach()), pos, neg)
         ap = self.distance.paired(x[a], x[p])
         an = self.distance.paired(x[a], x[n])
         an_eff = torch.minimum(an, self.distance.paired(x[p], x[n])) if self.swap else an
@@ -111,4 +109,5 @@ class BatchHardTripletLoss(nn.Module):
         return TripletLossOutput(loss, stats)
 
     def extra_repr(self) -> str:
-        return f"margin={self.margin}, swap={self.swap}, distance={self.distance}, reducer={self.reducer!r}"
+        return (f"margin={self.margin}, swap={self.swap}, distance={self.distance}, reducer={self.reducer!r}, "
+                f"miner={self.miner!r}")
