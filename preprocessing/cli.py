@@ -19,7 +19,11 @@ log = logging.getLogger("preprocess")
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> int:
     """Generate the synthetic RobotCar when configured, then preprocess; returns the process exit code."""
-    from preprocessing.processes import interrupt_message, quiet_teardown, sigterm_as_interrupt
+    from preprocessing.processes import (
+        interrupt_message,
+        quiet_teardown,
+        sigterm_as_interrupt,
+    )
 
     logging.getLogger().setLevel(cfg.get("log_level", "INFO"))
     t0 = time.perf_counter()

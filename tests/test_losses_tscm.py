@@ -3,12 +3,17 @@ naive loops over (mined and hand-made) triplets, float64; properties and errors.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-import math
-
-from crossmodal.losses import BatchHardMiner, BatchHardTripletLoss, TSCMCrossMetric, TSCMMiner
+from crossmodal.losses import (
+    BatchHardMiner,
+    BatchHardTripletLoss,
+    TSCMCrossMetric,
+    TSCMMiner,
+)
 
 F64 = torch.float64
 
