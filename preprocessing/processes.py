@@ -38,16 +38,24 @@ def interrupt_message(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 
 def quiet_teardown() -> None:
-    """After an interrupt: objects the signal left half-built (a DataLoader iterator, a multiprocessing finaliser
-    caught in ``__init__``) fail in their ``__del__`` when the interpreter collects them, and Python prints
-    "Exception ignored in ..." with a traceback after the one-line message. Those reports go to the debug log
-    instead (``sys.unraisablehook``); the process is ending anyway."""
+    """Once an interrupt arrived: objects the signal left half-built (a DataLoader iterator, a multiprocessing
+    finaliser caught in ``__init__``) fail in their ``__del__`` when collected, and helper threads (the file
+    descriptor sharer of DataLoader workers) fail when the workers they talk to are stopped; Python prints each
+    with a traceback around the one-line message. Those reports go to the debug log instead
+    (``sys.unraisablehook``, ``threading.excepthook``, ``sys.excepthook``, which multiprocessing's threads call);
+    the process is ending anyway."""
     log = logging.getLogger("crossmodal")
 
-    def hook(unraisable) -> None:
-        log.debug("ignored while stopping: %s in %r", unraisable.exc_type.__name__, unraisable.object)
+    def unraisable(report) -> None:
+        log.debug("ignored while stopping: %s in %r", report.exc_type.__name__, report.object)
 
-    sys.unraisablehook = hook
+    def thread_error(args) -> None:
+        log.debug("ignored while stopping: %s in thread %s", args.exc_type.__name__, args.thread)
+
+    def error(exc_type, exc, tb) -> None:
+        log.debug("ignored while stopping: %s: %s", exc_type.__name__, exc)
+
+    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread_error, error
 
 
 _RECEIVED: list[int] = []  # SIGTERMs received under sigterm_as_interrupt (the current block)
@@ -61,22 +69,34 @@ def terminated() -> bool:
 
 def _raise_terminated(signum, frame) -> None:
     _RECEIVED.append(int(signum))
+    quiet_teardown()
     raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    quiet_teardown()
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (restored after). Outside the main
-    thread it does nothing (Python allows signal handlers there only)."""
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, and either signal first makes the
+    teardown quiet (:func:`quiet_teardown`); handlers restored after. Outside the main thread it does nothing
+    (Python allows signal handlers there only). A SIGINT ignored by the launcher stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _RECEIVED.clear()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _worker_start(initializer: Callable | None, initargs: tuple) -> None:

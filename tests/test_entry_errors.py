@@ -17,6 +17,16 @@ from crossmodal.training.testing import script_env, write_eval_pickles
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_error_hooks(monkeypatch):
+    """An interrupt makes the teardown quiet by replacing the process's error hooks (it is ending); here the test
+    process goes on, so they are put back after each test."""
+    import threading
+
+    for owner, name in ((sys, "unraisablehook"), (sys, "excepthook"), (threading, "excepthook")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+
+
 def test_user_errors_context(capsys):
     with pytest.raises(SystemExit) as info, user_errors({}):
         raise ValueError("data.batch_size must be even\n   and at least 4")
