@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchvision
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from crossmodal.models.image import MobileNetV3GeM, ResNetGeM
 from crossmodal.models.pooling import GeM
@@ -29,14 +28,14 @@ def test_resnet_gem_shapes(backbone, channels):
         out = m(x)
         fmap = m.feature_map({"images": x})
     assert set(out) == {"descriptor"} and out["descriptor"].shape == (2, 32)
-    assert fmap.shape == (2, 32, 2, 3)  # layer3: stride 16
+    assert fmap.shape == (2, channels, 2, 3)  # the backbone's map: layer3, stride 16
     assert m.feature_channels == channels and m.descriptor_dim == 32
 
 
 def test_layers_up_to():
     m = ResNetGeM("resnet18", 16, layers_up_to="layer2")
     assert m.feature_channels == 128 and "layer3" not in dict(m.backbone.named_children())
-    assert m.feature_map(torch.randn(1, 3, 64, 64)).shape == (1, 16, 8, 8)
+    assert m.feature_map(torch.randn(1, 3, 64, 64)).shape == (1, 128, 8, 8)
     with pytest.raises(ValueError, match="layers_up_to"):
         ResNetGeM("resnet18", 16, layers_up_to="layer5")
     with pytest.raises(ValueError, match="backbone"):
@@ -126,7 +125,11 @@ def test_mobilenet_pretrained(tmp_path):
 
 @pytest.mark.parametrize("name", ["image", "image_light", "resnet18"])
 def test_student_configs_instantiate(name):
-    m = instantiate(OmegaConf.load(CONFIGS / "student" / f"{name}.yaml"))
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("distill", overrides=[f"student={name}"])
+    m = instantiate(cfg.student)
     assert m.descriptor_dim == 384
     with torch.no_grad():
         assert m.eval()({"images": torch.randn(1, 3, 32, 32)})["descriptor"].shape == (1, 384)

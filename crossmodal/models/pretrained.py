@@ -47,7 +47,8 @@ PACKAGE_WEIGHTS = {
 TORCHVISION_WEIGHTS = {
     "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
     "mobilenet_v2": "MobileNet_V2_Weights", "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
-    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights", "convnext_tiny": "ConvNeXt_Tiny_Weights",
+    "convnext_small": "ConvNeXt_Small_Weights", "swin_t": "Swin_T_Weights", "swin_s": "Swin_S_Weights",
 }
 
 

@@ -11,16 +11,18 @@ torchvision ImageNet state_dict of the full backbone model (never downloaded).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .image import MobileNetV3GeM, ResNetGeM
 
 
 class ImageStudent(ResNetGeM):
     def __init__(self, out_dim: int = 384, backbone: str = "resnet18", layers_up_to: str = "layer3",
-                 pretrained: str | None = None, gem_p: float = 3.0, learn_p: bool = True):
-        super().__init__(backbone, out_dim, layers_up_to, pretrained, gem_p, learn_p)
+                 pretrained: str | None = None, gem_p: float = 3.0, learn_p: bool = True, head: Any = None):
+        super().__init__(backbone, out_dim, layers_up_to, pretrained, gem_p, learn_p, head)
 
 
 class LightImageStudent(MobileNetV3GeM):
     def __init__(self, out_dim: int = 384, variant: str = "mobilenet_v3_small", pretrained: str | None = None,
-                 gem_p: float = 3.0, learn_p: bool = True):
-        super().__init__(variant, out_dim, pretrained, gem_p, learn_p)
+                 gem_p: float = 3.0, learn_p: bool = True, head: Any = None):
+        super().__init__(variant, out_dim, pretrained, gem_p, learn_p, head)

@@ -68,6 +68,18 @@ def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+def upgrade_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the key names of ``model``'s current layout: each submodule that renamed its parameters
+    since a checkpoint was written offers ``upgrade_state_dict(state, prefix)`` (the image branches: the GeM
+    head's ``conv.*`` / ``pool.p`` now live under ``head.``); ``load_state_dict`` applies the same renames."""
+    out = dict(state)
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            upgrade(out, f"{name}." if name else "")
+    return out
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -176,10 +188,11 @@ def check_compatible(ckpt: Mapping[str, Any], model: nn.Module, config: Mapping[
     if ckpt.get("model_class") != class_name(model):
         problems.append(f"model class: checkpoint {ckpt.get('model_class')} vs model {class_name(model)}")
     state = model.state_dict()
-    if ckpt.get("fingerprint") != fingerprint(state):
+    if ckpt.get("fingerprint") != fingerprint(state) and fingerprint(upgrade_state(model, ckpt["model"])) != \
+            fingerprint(state):
         problems.append(f"state-dict fingerprint: checkpoint {ckpt.get('fingerprint')} vs model "
                         f"{fingerprint(state)}")
-        problems += ["  " + line for line in layout_differences(ckpt["model"], state)]
+        problems += ["  " + line for line in layout_differences(upgrade_state(model, ckpt["model"]), state)]
     if config is not None:
         diffs = config_differences(ckpt.get("config", {}), config, ignored)
         if diffs:

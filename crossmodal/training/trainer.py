@@ -319,6 +319,24 @@ def train_teacher(cfg: Any, run_dir: str | Path, name: str | None = None) -> dic
                extra_summary={"modalities": list(modalities)})
 
 
+def initialise_heads(model: nn.Module, dm, seed: int, max_images: int = 1000) -> None:
+    """Before the first epoch of a new run: image heads that start from the data (NetVLAD's k-means centroids)
+    are initialised from up to ``max_images`` unaugmented training images, seeded (every rank alike)."""
+    branches = [m for m in model.modules() if callable(getattr(m, "initialise_head", None))]
+    if not any(hasattr(getattr(b, "head", None), "init_from_features") for b in branches):
+        return
+    import itertools
+
+    loader = dm.eval_loader("train", masks=False)
+    limit = max(1, -(-max_images // max(1, loader.batch_size or 1)))
+    for branch in branches:
+        t0 = time.perf_counter()
+        used = branch.initialise_head(itertools.islice(loader, limit), seed=seed)
+        if used:
+            log.info("%s head initialised from %d local features of the training images (seed %d, %.1f s)",
+                     type(branch.head).__name__, used, seed, time.perf_counter() - t0)
+
+
 def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step, tcfg: TrainerConfig,
         device: torch.device, objective: nn.Module | None = None, name: str | None = None,
         extra_summary: Mapping[str, Any] | None = None,
@@ -406,6 +424,9 @@ def fit(cfg: Any, run_dir: str | Path, *, role: str, model: nn.Module, dm, step,
             _copy_atomic(old_best, run_dir / "best.pt")
         log.info("resumed from %s after epoch %d (batch size %d, best val R@1 %s)", resumed_from, start_epoch,
                  sampler.batch_size, None if best is None else f"{best['val_r1']:.2f}")
+
+    if resumed_from is None:
+        initialise_heads(model, dm, tcfg.seed)
 
     from tqdm import tqdm
 
