@@ -9,7 +9,7 @@ batch 1 and batched, printed as ratios to GeM measured in the same run.
 Each (backbone, head) is composed as the user would (``student=<backbone> head@student.head=<head>``), with
 random weights (speed does not depend on them) and the GeM exponent frozen as for deployment
 (``freeze_for_inference``). Timings are interleaved over the heads of a backbone (GeM, NetVLAD, ..., GeM, ...)
-and the best of ``--repeats`` is kept, so load changes on a shared machine hit every head alike; the load average
+the order rotating, and the best of ``--repeats`` is kept, so load changes on a shared machine hit every head alike; the load average
 is printed at the start and the end. ``ratio`` = head time / GeM time (> 1: slower than GeM).
 """
 
@@ -62,8 +62,10 @@ def best_times(models: dict, inputs: dict, repeats: int, device: str) -> dict:
     for model in models.values():  # warm-up
         for x in inputs.values():
             run(model, x)
-    for _ in range(repeats):
-        for name, model in models.items():
+    names = list(models)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each model leads in turn
+            model = models[name]
             for key, x in inputs.items():
                 t0 = time.perf_counter()
                 run(model, x)

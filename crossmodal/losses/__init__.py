@@ -1,4 +1,4 @@
-"""Metric-learning losses: batch-hard triplet with masks, distances and reducers."""
+"""Metric-learning losses: batch-hard triplet with masks, truncated Smooth-AP, distances and reducers."""
 
 from .combine import WeightedSum
 from .distances import Distance
@@ -22,6 +22,7 @@ from .relations import (
     GeodesicRelation,
     SelfAgentLoss,
 )
+from .smoothap import TruncatedSmoothAP
 from .triplet import BatchHardTripletLoss, TripletLossOutput, mine_batch_hard
 from .tscm import TSCMCrossMetric
 
@@ -52,6 +53,7 @@ __all__ = [
     "TSCMCrossMetric",
     "TSCMMiner",
     "TripletLossOutput",
+    "TruncatedSmoothAP",
     "WeightedSum",
     "avg_non_zero",
     "make_manifold",
