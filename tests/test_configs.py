@@ -17,7 +17,9 @@ PRIMARY = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 def _groups_of(primary: str) -> dict[str, str]:
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(primary, return_hydra_config=True, overrides=["data_dir=/nonexistent"])
-    return {g: o for g, o in cfg.hydra.runtime.choices.items() if not g.startswith("hydra") and o is not None}
+    # groups chosen by default, and groups left empty by default (``- /head@head: null``) whose options exist
+    return {g: o for g, o in cfg.hydra.runtime.choices.items()
+            if not g.startswith("hydra") and (o is not None or (CONFIGS / g.partition("@")[0]).is_dir())}
 
 
 def _cases():

@@ -9,6 +9,12 @@ Default configuration (MinkLoc++ cloud branch): conv0 5³ 1→32 + BN + ReLU; th
 (+BN+ReLU) and one ECA basic block (planes 32, 64, 64); one top-down step: 1×1 conv 64→128 on stage 3, 2³
 stride-2 transposed conv onto stage 2's coordinates, plus a 1×1 lateral conv 64→128 of stage 2; GeM (p = 3,
 learnable) → 128-d.
+
+MinkLoc3Dv2 (jac99/MinkLoc3Dv2 ``models/minkfpn.py``, ``models/minkloc.py``, ``models/minkloc3dv2.txt``) keeps this
+``MinkFPN`` and changes only its arguments: four stages (planes 64, 128, 64, 32), two top-down steps onto stages 3 and
+2 (local features at stride 4), 256-d GeM descriptor, about 2.66 M parameters (``configs/cloud_branch/minkloc3dv2.yaml``;
+its ``weights/minkloc3dv2_*.pth`` load with :func:`load_minkowski_state_dict` and ``prefix=""``). Any number of
+stages and ``0 <= num_top_down <= stages`` is built as upstream does.
 """
 
 from __future__ import annotations
@@ -206,10 +212,13 @@ def _convert(value: Tensor, name: str, shape: torch.Size) -> Tensor | None:
 
 
 def load_minkowski_state_dict(model: MinkLoc3D, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Load a MinkowskiEngine MinkLoc3D / MinkLoc++ cloud-branch state_dict into ``model``, all or nothing.
+    """Load a MinkowskiEngine MinkLoc3D / MinkLoc3Dv2 / MinkLoc++ cloud-branch state_dict into ``model``, all or
+    nothing.
 
     Only keys starting with ``prefix`` are read, with the prefix removed (``"cloud_fe."`` for a MinkLoc++
-    ``MinkLocRGB`` checkpoint, ``""`` for a bare ``MinkLoc``; add ``"module."`` for DataParallel checkpoints).
+    ``MinkLocRGB`` checkpoint, ``""`` for a bare ``MinkLoc`` such as MinkLoc3Dv2's published weights; add
+    ``"module."`` for DataParallel checkpoints). ``model`` must be built with the checkpoint's architecture
+    arguments (MinkLoc3Dv2: ``configs/cloud_branch/minkloc3dv2.yaml``).
     Names are mapped (``pooling.pooling.p`` → ``pooling.p``) and ME shapes converted (see ``_convert``).
     Raises ``ValueError`` listing every unexpected key, missing key and shape mismatch; nothing is loaded then.
     """
