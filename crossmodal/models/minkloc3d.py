@@ -11,10 +11,11 @@ stride-2 transposed conv onto stage 2's coordinates, plus a 1×1 lateral conv 64
 learnable) → 128-d.
 
 MinkLoc3Dv2 (jac99/MinkLoc3Dv2 ``models/minkfpn.py``, ``models/minkloc.py``, ``models/minkloc3dv2.txt``) keeps this
-``MinkFPN`` and changes only its arguments: four stages (planes 64, 128, 64, 32), two top-down steps onto stages 3 and
-2 (local features at stride 4), 256-d GeM descriptor, about 2.66 M parameters (``configs/cloud_branch/minkloc3dv2.yaml``;
-its ``weights/minkloc3dv2_*.pth`` load with :func:`load_minkowski_state_dict` and ``prefix=""``). Any number of
-stages and ``0 <= num_top_down <= stages`` is built as upstream does.
+``MinkFPN`` and changes only its arguments: four stages (planes 64, 128, 64, 32), two top-down steps onto stages 3
+and 2 (local features at stride 4), 256-d GeM descriptor, 2,663,567 parameters
+(``configs/cloud_branch/minkloc3dv2.yaml``; its ``weights/minkloc3dv2_*.pth`` load with
+:func:`load_minkowski_state_dict` and ``prefix=""``). Any number of stages and ``0 <= num_top_down <= stages`` is
+built as upstream does.
 """
 
 from __future__ import annotations
