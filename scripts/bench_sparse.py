@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Benchmark the MinkLoc3D LiDAR branch on the sparse backends: forward + backward + optimiser step per batch.
+"""Benchmark the LiDAR branches (MinkLoc3D, MinkLoc3Dv2: ``configs/cloud_branch/``) on the sparse backends:
+forward + backward + optimiser step per batch.
 
 Batch: ``--batch`` clouds of ``--points`` uniform points in [-1, 1]³, quantised at ``--quantization`` (done once,
 outside the timing, as DataLoader workers do). Both backends run the same weights. Reported: median seconds per
 batch of the forward (kernel maps included), of backward + step, their total, and the part of the forward spent
 building coordinate/kernel maps (torch backend; MinkowskiEngine builds them inside its convolutions), plus the
-ratio built-in / MinkowskiEngine when ME is installed. The backends alternate batch by batch.
+ratio built-in / MinkowskiEngine when ME is installed, and the ratio of each branch to the first one
+(``--branches``, default ``minkloc3d,minkloc3dv2``: MinkLoc3Dv2 against MinkLoc3D) on the same backend. Branches and
+backends alternate batch by batch.
 
-    python scripts/bench_sparse.py [--device cuda] [--threads 2] [--iters 5]
+    python scripts/bench_sparse.py [--device cuda] [--threads 2] [--iters 5] [--branches minkloc3d,minkloc3dv2]
 """
 
 from __future__ import annotations
@@ -16,11 +19,26 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from crossmodal.models import MinkLoc3D
 from crossmodal.sparse import minkowski_available, sparse_quantize
+
+CLOUD_BRANCHES = Path(__file__).resolve().parents[1] / "configs" / "cloud_branch"
+
+
+def build(branch: str, backend: str) -> MinkLoc3D:
+    """The ``configs/cloud_branch/<branch>.yaml`` model on ``backend``."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = CLOUD_BRANCHES / f"{branch}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: no cloud branch {branch!r} ({path} missing); choose from "
+                         f"{sorted(p.stem for p in CLOUD_BRANCHES.glob('*.yaml'))}")
+    return instantiate(OmegaConf.merge(OmegaConf.load(path), {"backend": backend}))
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per backend")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--backends", default="torch,minkowski", help="comma-separated; minkowski skipped if absent")
+    p.add_argument("--branches", default="minkloc3d,minkloc3dv2",
+                   help="configs/cloud_branch/ entries, comma-separated; ratios are against the first")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -85,30 +105,40 @@ def main() -> None:
         batches.append({"coords": coords.to(device), "feats": feats.to(device)})
     voxels = statistics.mean(b["coords"].shape[0] for b in batches)
 
-    torch.manual_seed(args.seed)
-    reference = MinkLoc3D(backend="torch").to(device)
     models = {}
-    for name in args.backends.split(","):
-        if name == "minkowski" and not minkowski_available(device):
-            print(f"minkowski: skipped (MinkowskiEngine not installed or no {device.type} support)")
-            continue
-        models[name] = MinkLoc3D(backend=name).to(device)
-        models[name].load_state_dict(reference.state_dict())
+    backends = args.backends.split(",")
+    if "minkowski" in backends and not minkowski_available(device):
+        print(f"minkowski: skipped (MinkowskiEngine not installed or no {device.type} support)")
+        backends.remove("minkowski")
+    for branch in args.branches.split(","):
+        torch.manual_seed(args.seed)
+        reference = build(branch, "torch").to(device)
+        for name in backends:
+            models[f"{branch}/{name}"] = build(branch, name).to(device)
+            models[f"{branch}/{name}"].load_state_dict(reference.state_dict())
     load_before = os.getloadavg()[0]
     rows = run(models, batches, device, args.warmup)
     load_after = os.getloadavg()[0]
 
-    print(f"\nMinkLoc3D branch, {args.batch} clouds x {args.points} points, quantization {args.quantization} "
+    print(f"\nLiDAR branches, {args.batch} clouds x {args.points} points, quantization {args.quantization} "
           f"(mean {voxels:.0f} voxels), device {device}, {torch.get_num_threads()} threads, "
           f"median of {args.iters} batches")
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, 1-min load average {load_before:.1f} before, "
           f"{load_after:.1f} after (this process adds up to {torch.get_num_threads()})")
-    print(f"{'backend':<10} {'forward s':>10} {'backward+step s':>16} {'total s':>8} {'maps s':>7}")
+    print(f"{'branch/backend':<22} {'params':>10} {'forward s':>10} {'backward+step s':>16} {'total s':>8} "
+          f"{'maps s':>7} {'vs first branch':>16}")
+    first = args.branches.split(",")[0]
     for name, r in rows.items():
+        branch, backend = name.split("/")
         maps = "n/a" if r["maps"] != r["maps"] else f"{r['maps']:.3f}"
-        print(f"{name:<10} {r['fwd']:>10.3f} {r['bwd']:>16.3f} {r['total']:>8.3f} {maps:>7}")
-    if "torch" in rows and "minkowski" in rows:
-        print(f"ratio built-in / MinkowskiEngine (total): {rows['torch']['total'] / rows['minkowski']['total']:.2f}")
+        params = sum(p.numel() for p in models[name].parameters())
+        base = rows.get(f"{first}/{backend}")
+        ratio = f"{r['total'] / base['total']:.2f}" if base else "n/a"
+        print(f"{name:<22} {params:>10,} {r['fwd']:>10.3f} {r['bwd']:>16.3f} {r['total']:>8.3f} {maps:>7} {ratio:>16}")
+    for branch in args.branches.split(","):
+        if f"{branch}/torch" in rows and f"{branch}/minkowski" in rows:
+            print(f"{branch}: ratio built-in / MinkowskiEngine (total): "
+                  f"{rows[f'{branch}/torch']['total'] / rows[f'{branch}/minkowski']['total']:.2f}")
 
 
 if __name__ == "__main__":
