@@ -82,12 +82,7 @@ def test_loss_per_teacher_from_config():
 
 
 def test_teacher_loss_is_the_weighted_sum():
-    torch.manual_seed(0)
-    out = {"descriptor": torch.randn(6, 5, requires_grad=True), "cloud": torch.randn(6, 3, requires_grad=True)}
-    pos = torch.zeros(6, 6, dtype=torch.bool)
-    for a, b in ((0, 1), (2, 3), (4, 5)):
-        pos[a, b] = pos[b, a] = True
-    neg = ~pos & ~torch.eye(6, dtype=torch.bool)
+    out, pos, neg = pair_batch()
     loss_fn = TeacherLoss([{"output": "descriptor", "weight": 0.5}, {"output": "cloud", "weight": 0.5}])
     loss, stats = loss_fn(out, pos, neg)
     d = loss_fn.triplet(out["descriptor"], pos, neg).loss.detach()
