@@ -73,7 +73,7 @@ def test_fusion_teacher_outputs_and_gradients(batches, fusion):
     out["descriptor"].pow(2).sum().backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None]
     assert missing == []
-    assert m.cloud.pooling.p.grad is not None and m.image.pool.p.grad is not None
+    assert m.cloud.pooling.p.grad is not None and m.image.head.pool.p.grad is not None
     # rows stay aligned with the batch order in both branches (eval mode: per-sample outputs)
     m.eval()
     with torch.no_grad():

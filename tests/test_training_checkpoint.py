@@ -81,7 +81,7 @@ def test_other_layout_names_the_keys(tmp_path):
     with pytest.raises(CheckpointMismatchError) as err:
         check_compatible(load_checkpoint(tmp_path / "f.pt"), wider)
     msg = str(err.value)
-    assert "fingerprint" in msg and "image.conv.weight: checkpoint (256, 256, 1, 1)" in msg
+    assert "fingerprint" in msg and "image.head.conv.weight: checkpoint (256, 256, 1, 1)" in msg
     assert "vs model (128, 256, 1, 1)" in msg
 
 
