@@ -60,6 +60,11 @@ def _images(x: Tensor | Mapping[str, Any]) -> Tensor:
     return x
 
 
+def _features_keys(state: Mapping[str, Tensor]) -> dict[str, str]:
+    """Key map for a branch whose backbone is a torchvision model's ``features``: ``features.X`` → ``X``."""
+    return {k: k[len("features."):] for k in state if k.startswith("features.")}
+
+
 def _make_head(head: Any, channels: int, out_dim: int | None, gem_p: float, learn_p: bool) -> nn.Module:
     """The aggregation head on a ``channels``-channel feature map: GeM by default (1×1 conv to ``out_dim``, GeM),
     else ``head`` (a module, or a factory called as ``head(in_channels=channels)``: a Hydra ``_partial_`` config of
@@ -186,7 +191,7 @@ class MobileNetV3GeM(_ConvGeMHead):
         self.backbone = net.features
         state, source = resolve_weights(variant, pretrained)
         if state is not None:
-            key_map = {k: k[len("features."):] for k in state if k.startswith("features.")}
+            key_map = _features_keys(state)
             load_truncated(net, self.backbone, state, source, key_map)
         channels = net.features[-1].out_channels
         self.variant = variant
@@ -213,7 +218,7 @@ class MobileNetV2GeM(_ConvGeMHead):
         self.backbone = net.features[:layers]
         state, source = resolve_weights("mobilenet_v2", pretrained)
         if state is not None:
-            key_map = {k: k[len("features."):] for k in state if k.startswith("features.")}
+            key_map = _features_keys(state)
             # the package's file holds ``features`` only: check against that part of the model
             full = net if any(k.startswith("classifier.") for k in state) else nn.Sequential(
                 OrderedDict(features=net.features))
@@ -290,7 +295,7 @@ def _features_trunk(arch: str, stages: int, pretrained: str | None) -> tuple[nn.
     trunk = net.features[:len(net.features) - 2 * (4 - stages)]
     state, source = resolve_weights(arch, pretrained)
     if state is not None:
-        key_map = {k: k[len("features."):] for k in state if k.startswith("features.")}
+        key_map = _features_keys(state)
         load_truncated(net, trunk, state, source, key_map)
     return trunk, 384 if stages == 3 else 768
 
